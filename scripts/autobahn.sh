@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# Run the Autobahn|Testsuite `fuzzingclient` against the uringws echo server.
+#
+# Usage: scripts/autobahn.sh [--install-only] [--cases 'PATTERN,...'] [--server-cmd 'CMD with {port}']
+#
+#   --install-only       install (or verify the cached install of) wstest and exit
+#   --cases LIST         comma-separated Autobahn case patterns (default: '*', i.e. all cases)
+#   --server-cmd CMD     command that starts the server; '{port}' is replaced with the port.
+#                        Default: target/release/uringws echo --addr 127.0.0.1:{port} --threads 2
+#                        (built first with cargo unless --server-cmd is given or UWS_NO_BUILD=1)
+#
+# Environment:
+#   UWS_AUTOBAHN_CACHE   install cache (default: ${XDG_CACHE_HOME:-$HOME/.cache}/uringws-autobahn)
+#   UWS_AUTOBAHN_TIMEOUT seconds allowed for the wstest run (default: 1500)
+#   UWS_NO_BUILD=1       do not run cargo build
+#
+# Autobahn|Testsuite needs Python 2.7, which Debian bookworm lacks: python2.7 is fetched from
+# Debian bullseye with a private apt configuration (the system's apt state is not touched) and
+# extracted into $CACHE/root; wstest and its pinned dependencies go into $CACHE/site.
+# Reports go to target/autobahn/reports; a full run (no --cases) writes the summary to
+# scripts/autobahn-summary.txt, a partial run only to target/autobahn/summary.txt.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+
+CACHE="${UWS_AUTOBAHN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/uringws-autobahn}"
+ROOT="$CACHE/root"
+SITE="$CACHE/site"
+SITE_PACKAGES="$SITE/lib/python2.7/site-packages"
+MARKER="$CACHE/install-complete"
+WSTEST="$CACHE/bin/wstest"
+
+DEBS=(python2.7 python2.7-minimal libpython2.7-stdlib libpython2.7-minimal libssl1.1 libffi7)
+PIP_BOOTSTRAP=(pip==20.3.4 setuptools==44.1.1 wheel==0.37.1)
+PINS=(
+    txaio==2.1.0 incremental==16.10.1 pyOpenSSL==19.1.0 cryptography==3.3.2 Twisted==19.10.0
+    zope.interface==4.6.0 jinja2==2.11.3 markupsafe==1.1.1 Werkzeug==1.0.1 klein==17.10.0
+    service_identity==18.1.0 unittest2==1.1.0 six==1.16.0 'autobahn[twisted]==0.10.9'
+    autobahntestsuite==0.8.2
+)
+# The marker records what was installed; a change to the lists above forces a reinstall.
+MARKER_CONTENT="uringws-autobahn v2: ${DEBS[*]} | ${PIP_BOOTSTRAP[*]} | ${PINS[*]}"
+
+log() { printf '[autobahn] %s\n' "$*" >&2; }
+die() { printf '[autobahn] error: %s\n' "$*" >&2; exit 1; }
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+INSTALL_ONLY=0
+CASES='*'
+SERVER_CMD=''
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --install-only) INSTALL_ONLY=1; shift ;;
+        --cases) [[ $# -ge 2 ]] || die "--cases needs an argument"; CASES="$2"; shift 2 ;;
+        --cases=*) CASES="${1#--cases=}"; shift ;;
+        --server-cmd) [[ $# -ge 2 ]] || die "--server-cmd needs an argument"; SERVER_CMD="$2"; shift 2 ;;
+        --server-cmd=*) SERVER_CMD="${1#--server-cmd=}"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+
+# ---------------------------------------------------------------------------------------------
+# Install
+# ---------------------------------------------------------------------------------------------
+
+# Print "URIS<TAB>SIGNED_BY" of the first stanza of a deb822 sources file. Signed-By may be a
+# path or an inline key block (continuation lines); the latter is re-emitted in deb822 form.
+parse_debian_sources() {
+    python3 - "$1" <<'PY'
+import sys
+fields, cur = {}, None
+with open(sys.argv[1]) as f:
+    for raw in f:
+        line = raw.rstrip("\n")
+        if line.startswith("#"):
+            continue
+        if not line.strip():
+            if fields:
+                break           # end of the first stanza
+            continue
+        if line[0] in " \t" and cur is not None:
+            fields[cur] += "\n" + line
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        cur = key.strip().lower()
+        fields[cur] = value.strip()
+uris, signed = fields.get("uris", ""), fields.get("signed-by", "")
+if not uris:
+    sys.exit("no URIs: field in the first stanza of " + sys.argv[1])
+sys.stdout.write(uris + "\t" + signed.replace("\n", "\\n"))
+PY
+}
+
+# The multiarch directory of the extracted libraries (libssl1.1, libffi7), e.g.
+# ROOT/usr/lib/x86_64-linux-gnu. (Debian's python2.7 binary links libpython statically.)
+root_libdir() {
+    local lib
+    lib="$(compgen -G "$ROOT/usr/lib/*-linux-gnu*/libssl.so.1.1" | head -n1)" || true
+    [[ -n "$lib" ]] || die "libssl.so.1.1 not found under $ROOT/usr/lib"
+    dirname "$lib"
+}
+
+py2() {
+    local libdir
+    libdir="$(root_libdir)"
+    PYTHONNOUSERSITE=1 LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        PYTHONHOME="$ROOT/usr" "$ROOT/usr/bin/python2.7" "$@"
+}
+
+install_python2() {
+    local sources="/etc/apt/sources.list.d/debian.sources" parsed uris signed
+    local apt="$CACHE/apt" debdir="$CACHE/debs"
+    command -v apt-get >/dev/null || die "apt-get is required to fetch python2.7"
+    command -v dpkg >/dev/null || die "dpkg is required to unpack python2.7"
+    [[ -r "$sources" ]] || die "cannot read $sources (need a Debian mirror to fetch bullseye's python2.7)"
+    parsed="$(parse_debian_sources "$sources")"
+    uris="${parsed%%$'\t'*}"
+    signed="${parsed#*$'\t'}"
+    signed="${signed//\\n/$'\n'}"
+    log "fetching python2.7 from Debian bullseye via $uris"
+
+    rm -rf "$apt" "$debdir" "$ROOT"
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$debdir" "$ROOT"
+    {
+        echo "Types: deb"
+        echo "URIs: $uris"
+        echo "Suites: bullseye"
+        echo "Components: main"
+        [[ -n "$signed" ]] && echo "Signed-By: $signed"
+    } > "$apt/bullseye.sources"
+
+    local apt_opts=(
+        "-oDir::State::Lists=$apt/lists"
+        "-oDir::Etc::SourceList=$apt/bullseye.sources"
+        "-oDir::Etc::SourceParts=/nonexistent"
+        "-oDir::Cache=$apt/cache"
+        # apt's unprivileged download user usually cannot write under $HOME; this is a private
+        # cache, so download as the invoking user (silences the "unsandboxed" warnings).
+        "-oAPT::Sandbox::User=$(id -un)"
+    )
+    apt-get "${apt_opts[@]}" -q update
+    (cd "$debdir" && apt-get "${apt_opts[@]}" -q download "${DEBS[@]}")
+    local deb
+    for deb in "$debdir"/*.deb; do
+        dpkg -x "$deb" "$ROOT"
+    done
+    py2 -c 'import ssl, ctypes, zlib, sys; print("python " + sys.version.split()[0] + ", " + ssl.OPENSSL_VERSION)' \
+        || die "extracted python2.7 does not run"
+}
+
+install_wstest() {
+    local wheels="$CACHE/wheels"
+    rm -rf "$wheels" "$SITE"
+    mkdir -p "$wheels" "$SITE"
+    log "downloading pip/setuptools/wheel for Python 2.7"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 2.7 \
+        -d "$wheels" "${PIP_BOOTSTRAP[@]}"
+    local pip_whl
+    pip_whl="$(compgen -G "$wheels/pip-20.3.4-*.whl" | head -n1)" || true
+    [[ -n "$pip_whl" ]] || die "pip 20.3.4 wheel was not downloaded"
+    py2 "$pip_whl/pip" install -q --disable-pip-version-check --no-warn-script-location \
+        --prefix "$SITE" "$wheels"/*.whl
+
+    log "installing autobahntestsuite and pinned dependencies into $SITE"
+    PYTHONPATH="$SITE_PACKAGES" py2 -m pip install -q --disable-pip-version-check \
+        --no-warn-script-location --prefix "$SITE" "${PINS[@]}"
+    [[ -d "$SITE_PACKAGES/autobahntestsuite" ]] || die "autobahntestsuite is not in $SITE_PACKAGES"
+
+    # zope is a namespace package set up by a .pth file, which PYTHONPATH does not process:
+    # the launcher adds the site dir with site.addsitedir().
+    mkdir -p "$CACHE/bin"
+    cat > "$CACHE/bin/wstest.py" <<PY
+import site, sys, warnings
+site.addsitedir("$SITE_PACKAGES")
+warnings.filterwarnings("ignore", message="Python 2 is no longer supported")
+from autobahntestsuite.wstest import run; sys.exit(run())
+PY
+    local libdir
+    libdir="$(root_libdir)"
+    cat > "$WSTEST" <<SH
+#!/bin/sh
+# Generated by uringws scripts/autobahn.sh: runs Autobahn|Testsuite wstest on the cached Python 2.7.
+PYTHONNOUSERSITE=1 LD_LIBRARY_PATH="$libdir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" PYTHONHOME="$ROOT/usr" \\
+    exec "$ROOT/usr/bin/python2.7" "$CACHE/bin/wstest.py" "\$@"
+SH
+    chmod +x "$WSTEST"
+}
+
+ensure_installed() {
+    if [[ -f "$MARKER" && "$(cat "$MARKER")" == "$MARKER_CONTENT" && -x "$WSTEST" ]]; then
+        log "using cached install in $CACHE"
+        return
+    fi
+    local start=$SECONDS
+    log "installing Autobahn|Testsuite into $CACHE"
+    mkdir -p "$CACHE"
+    rm -f "$MARKER"
+    install_python2
+    install_wstest
+    "$WSTEST" --help >/dev/null || die "wstest does not start"
+    # Drop the downloads; ROOT, SITE and the launcher are all that is needed from now on.
+    rm -rf "$CACHE/apt" "$CACHE/debs" "$CACHE/wheels"
+    printf '%s\n' "$MARKER_CONTENT" > "$MARKER"
+    log "install complete in $((SECONDS - start)) s"
+}
+
+ensure_installed
+if [[ $INSTALL_ONLY -eq 1 ]]; then
+    log "wstest: $WSTEST"
+    exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------------------------
+cd "$REPO_ROOT"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+WORK="$REPO_ROOT/target/autobahn"
+OUTDIR="$WORK/reports"
+SPEC="$WORK/spec.json"
+SERVER_LOG="$WORK/server.log"
+TIMEOUT_SECS="${UWS_AUTOBAHN_TIMEOUT:-1500}"
+
+if [[ -z "$SERVER_CMD" ]]; then
+    SERVER_CMD="$TARGET_DIR/release/uringws echo --addr 127.0.0.1:{port} --threads 2"
+    if [[ "${UWS_NO_BUILD:-0}" != 1 ]]; then
+        log "cargo build --release --locked --bin uringws"
+        cargo build --release --locked --bin uringws
+    fi
+    [[ -x "$TARGET_DIR/release/uringws" ]] || die "$TARGET_DIR/release/uringws not found (build it or drop UWS_NO_BUILD)"
+fi
+
+PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+CMD="${SERVER_CMD//\{port\}/$PORT}"
+
+rm -rf "$OUTDIR"
+mkdir -p "$OUTDIR"
+python3 - "$SPEC" "$OUTDIR" "$PORT" "$CASES" <<'PY'
+import json, sys
+spec_path, outdir, port, cases = sys.argv[1:]
+patterns = [c.strip() for c in cases.split(",") if c.strip()] or ["*"]
+spec = {
+    "outdir": outdir,
+    "servers": [{"agent": "uringws", "url": "ws://127.0.0.1:%s" % port}],
+    "cases": patterns,
+    "exclude-cases": [],
+    "exclude-agent-cases": {},
+}
+with open(spec_path, "w") as f:
+    json.dump(spec, f, indent=2)
+    f.write("\n")
+PY
+
+SERVER_PID=''
+server_alive() {
+    [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null \
+        && [[ "$(awk '{print $3}' "/proc/$SERVER_PID/stat" 2>/dev/null)" != Z ]]
+}
+stop_server() {
+    [[ -n "$SERVER_PID" ]] || return 0
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" 2>/dev/null || true
+        local _
+        for _ in $(seq 50); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            [[ "$(awk '{print $3}' "/proc/$SERVER_PID/stat" 2>/dev/null)" == Z ]] && break
+            sleep 0.1
+        done
+        kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
+    fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=''
+}
+trap stop_server EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log "starting server on port $PORT: $CMD (log: $SERVER_LOG)"
+# setsid gives the server its own process group so that everything it spawns is stopped too.
+setsid bash -c "exec $CMD" > "$SERVER_LOG" 2>&1 < /dev/null &
+SERVER_PID=$!
+
+deadline=$((SECONDS + 30))
+until (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
+    server_alive || { cat "$SERVER_LOG" >&2; die "server exited before accepting connections"; }
+    [[ $SECONDS -lt $deadline ]] || die "server did not accept connections on port $PORT within 30 s"
+    sleep 0.1
+done
+
+log "running wstest -m fuzzingclient (cases: $CASES, timeout ${TIMEOUT_SECS}s)"
+wstest_status=0
+(cd "$WORK" && timeout --kill-after=10 "$TIMEOUT_SECS" "$WSTEST" -m fuzzingclient -s "$SPEC") \
+    || wstest_status=$?
+
+server_ok=1
+server_alive || server_ok=0
+stop_server
+
+if [[ "$CASES" == '*' ]]; then
+    SUMMARY="$SCRIPT_DIR/autobahn-summary.txt"
+else
+    SUMMARY="$WORK/summary.txt"
+fi
+summary_status=0
+if [[ -f "$OUTDIR/index.json" ]]; then
+    python3 "$SCRIPT_DIR/autobahn_summary.py" "$OUTDIR/index.json" "$SUMMARY" || summary_status=$?
+    log "summary written to $SUMMARY; HTML report: $OUTDIR/index.html"
+else
+    log "no $OUTDIR/index.json was written"
+    summary_status=1
+fi
+
+status=0
+if [[ $wstest_status -ne 0 ]]; then
+    [[ $wstest_status -eq 124 ]] && log "wstest timed out after ${TIMEOUT_SECS}s"
+    log "wstest failed (exit status $wstest_status)"
+    status=1
+fi
+if [[ $server_ok -ne 1 ]]; then
+    log "the server died during the run; last lines of $SERVER_LOG:"
+    tail -n 20 "$SERVER_LOG" >&2 || true
+    status=1
+fi
+if [[ $summary_status -ne 0 ]]; then
+    log "Autobahn cases failed (see above)"
+    status=1
+fi
+[[ $status -eq 0 ]] && log "all Autobahn cases passed"
+exit "$status"

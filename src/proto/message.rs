@@ -1,0 +1,769 @@
+//! The receive state machine: bytes in, messages out.
+//!
+//! [`Reader`] takes the bytes of a connection as they arrive and yields complete messages
+//! (text, binary) and control events (ping, pong, close). It decodes each header where it lies,
+//! unmasks the payload in place, validates UTF-8 as the bytes arrive (failing fast), reassembles
+//! fragments into one owned buffer bounded by the message size limit, and lets control frames
+//! interleave with fragments. A message whose single frame fits the caller's buffer is handed
+//! out as a slice of that buffer, not copied.
+
+use bytes::Bytes;
+
+use crate::proto::close::{parse_close_payload, CloseCode, CloseFrame};
+use crate::proto::frame::{decode_header, Decoded, DecodeLimits, FrameHeader, OpCode, Role};
+use crate::proto::mask::apply_mask;
+use crate::proto::utf8::Utf8Validator;
+use crate::proto::ProtocolError;
+
+/// Default largest frame payload: 16 MiB.
+pub const DEFAULT_MAX_FRAME: u64 = 16 << 20;
+/// Default largest message: 64 MiB.
+pub const DEFAULT_MAX_MESSAGE: u64 = 64 << 20;
+
+/// The reassembly buffer is released after a message when it grew past this capacity, so that
+/// one large message does not pin memory on an idle connection.
+const KEEP_CAPACITY: usize = 1 << 20;
+/// Reassembly reserves at most this much ahead of the bytes that actually arrived.
+const MAX_RESERVE: u64 = 64 << 10;
+
+/// What a [`Reader`] enforces beyond the RFC's fixed rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReaderConfig {
+    /// The role of this endpoint (a server receives masked frames).
+    pub role: Role,
+    /// Largest payload of one frame (default [`DEFAULT_MAX_FRAME`]); larger frames close with 1009.
+    pub max_frame: u64,
+    /// Largest message, all fragments together (default [`DEFAULT_MAX_MESSAGE`]); 1009 past it.
+    pub max_message: u64,
+    /// RSV bits a negotiated extension allows (`0x40` for RSV1); 0 without extensions.
+    pub allowed_rsv: u8,
+    /// A single-frame message whose header and payload together fit in this many bytes is
+    /// waited for whole and handed out in place; larger ones stream into an owned buffer.
+    /// Set it to the capacity of the buffer the caller reads into (and compact that buffer so
+    /// that a pending frame starts at its beginning).
+    pub inline_limit: usize,
+}
+
+impl ReaderConfig {
+    /// The defaults for `role`: 16 MiB frames, 64 MiB messages, no extensions, 64 KiB buffers.
+    pub fn new(role: Role) -> Self {
+        ReaderConfig {
+            role,
+            max_frame: DEFAULT_MAX_FRAME,
+            max_message: DEFAULT_MAX_MESSAGE,
+            allowed_rsv: 0,
+            inline_limit: 64 << 10,
+        }
+    }
+}
+
+/// A message or control event, borrowing the read buffer or the reader's reassembly buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A complete text message, valid UTF-8.
+    Text(&'a str),
+    /// A complete binary message.
+    Binary(&'a [u8]),
+    /// A ping with its payload (at most 125 bytes).
+    Ping(&'a [u8]),
+    /// A pong with its payload (at most 125 bytes).
+    Pong(&'a [u8]),
+    /// A close frame; `None` when it carried no status code.
+    Close(Option<CloseFrame<'a>>),
+}
+
+impl Message<'_> {
+    /// Copies the payload into an owned message that can outlive the read buffer.
+    pub fn into_owned(self) -> OwnedMessage {
+        match self {
+            Message::Text(s) => OwnedMessage::Text(Bytes::copy_from_slice(s.as_bytes())),
+            Message::Binary(b) => OwnedMessage::Binary(Bytes::copy_from_slice(b)),
+            Message::Ping(b) => OwnedMessage::Ping(Bytes::copy_from_slice(b)),
+            Message::Pong(b) => OwnedMessage::Pong(Bytes::copy_from_slice(b)),
+            Message::Close(f) => {
+                OwnedMessage::Close(f.map(|f| (f.code, f.reason.to_owned())))
+            }
+        }
+    }
+
+    /// The payload bytes (for a close, the reason).
+    pub fn payload(&self) -> &[u8] {
+        match self {
+            Message::Text(s) => s.as_bytes(),
+            Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b,
+            Message::Close(f) => f.map_or(&[][..], |f| f.reason.as_bytes()),
+        }
+    }
+}
+
+/// An owned message, `Bytes`-backed, to send to other tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedMessage {
+    /// A text message; the bytes are valid UTF-8.
+    Text(Bytes),
+    /// A binary message.
+    Binary(Bytes),
+    /// A ping.
+    Ping(Bytes),
+    /// A pong.
+    Pong(Bytes),
+    /// A close with its code and reason, or `None` without status.
+    Close(Option<(CloseCode, String)>),
+}
+
+/// What one call of [`Reader::read`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Progress<'a> {
+    /// Bytes at the front of the buffer the reader is done with; the caller drops them.
+    pub consumed: usize,
+    /// A message, if one completed. `None` means more bytes are needed.
+    pub message: Option<Message<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for a frame header at the front of the buffer.
+    Header,
+    /// A frame that is waited for whole at the front of the buffer; `done` payload bytes of it
+    /// are already unmasked and validated.
+    Inline {
+        header: FrameHeader,
+        done: usize,
+        phase: usize,
+    },
+    /// A frame whose header was consumed; its payload streams into the reassembly buffer.
+    Stream {
+        header: FrameHeader,
+        remaining: u64,
+        phase: usize,
+    },
+    /// A close frame was received; later bytes are ignored.
+    Closed,
+    /// A protocol error was reported; it is reported again on every call.
+    Failed(ProtocolError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Binary,
+}
+
+/// The receive side of the protocol, one per connection.
+#[derive(Debug)]
+pub struct Reader {
+    config: ReaderConfig,
+    state: State,
+    /// The kind of the fragmented (or streamed) message in progress.
+    kind: Option<Kind>,
+    /// Reassembly buffer for messages that are fragmented or larger than the inline limit.
+    assembled: Vec<u8>,
+    /// `assembled` was handed out by the previous call and must be cleared first.
+    handed_out: bool,
+    utf8: Utf8Validator,
+}
+
+impl Reader {
+    /// A reader at the start of a connection (just after the handshake).
+    pub fn new(config: ReaderConfig) -> Self {
+        Reader {
+            config,
+            state: State::Header,
+            kind: None,
+            assembled: Vec::new(),
+            handed_out: false,
+            utf8: Utf8Validator::new(),
+        }
+    }
+
+    /// The configuration this reader enforces.
+    pub fn config(&self) -> &ReaderConfig {
+        &self.config
+    }
+
+    /// Whether a close frame has been received.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Whether a message is partly received (a frame or fragment is pending).
+    pub fn is_mid_message(&self) -> bool {
+        self.kind.is_some() || !matches!(self.state, State::Header | State::Closed)
+    }
+
+    /// Feeds the bytes that have arrived and not yet been consumed.
+    ///
+    /// `buf` must start with the first byte not consumed by earlier calls. The reader unmasks
+    /// payloads in place. It returns how many bytes at the front it is done with and at most one
+    /// message; call again with the rest until it returns no message, then read more bytes.
+    /// After an error the reader stays failed: close the connection with
+    /// [`ProtocolError::close_code`].
+    pub fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<Progress<'a>, ProtocolError> {
+        if self.handed_out {
+            self.handed_out = false;
+            if self.assembled.capacity() > KEEP_CAPACITY {
+                self.assembled = Vec::new();
+            } else {
+                self.assembled.clear();
+            }
+        }
+        let step = match self.step(buf) {
+            Ok(step) => step,
+            Err(e) => {
+                self.state = State::Failed(e);
+                return Err(e);
+            }
+        };
+        let (consumed, message) = match step {
+            Step::NeedMore { consumed } => (consumed, None),
+            Step::Inline {
+                consumed,
+                at,
+                len,
+                opcode,
+            } => {
+                let payload = &buf[at..at + len];
+                let message = match opcode {
+                    OpCode::Text => simdutf8::basic::from_utf8(payload)
+                        .map(Message::Text)
+                        .map_err(|_| ProtocolError::InvalidUtf8),
+                    OpCode::Ping => Ok(Message::Ping(payload)),
+                    OpCode::Pong => Ok(Message::Pong(payload)),
+                    OpCode::Close => parse_close_payload(payload).map(Message::Close),
+                    OpCode::Binary | OpCode::Continuation => Ok(Message::Binary(payload)),
+                };
+                self.state = match (&message, opcode) {
+                    (Err(e), _) => State::Failed(*e),
+                    (Ok(_), OpCode::Close) => State::Closed,
+                    _ => State::Header,
+                };
+                (consumed, Some(message?))
+            }
+            Step::Assembled { consumed } => {
+                self.handed_out = true;
+                let message = match self.kind.take() {
+                    Some(Kind::Text) => match simdutf8::basic::from_utf8(&self.assembled) {
+                        Ok(s) => Message::Text(s),
+                        Err(_) => {
+                            self.state = State::Failed(ProtocolError::InvalidUtf8);
+                            return Err(ProtocolError::InvalidUtf8);
+                        }
+                    },
+                    _ => Message::Binary(&self.assembled),
+                };
+                (consumed, Some(message))
+            }
+        };
+        Ok(Progress { consumed, message })
+    }
+
+    /// Advances the state machine as far as `buf` allows, up to one complete message.
+    fn step(&mut self, buf: &mut [u8]) -> Result<Step, ProtocolError> {
+        let mut consumed = 0;
+        loop {
+            match self.state {
+                State::Failed(e) => return Err(e),
+                State::Closed => {
+                    return Ok(Step::NeedMore {
+                        consumed: buf.len(),
+                    })
+                }
+                State::Header => {
+                    let limits = DecodeLimits {
+                        role: self.config.role,
+                        allowed_rsv: self.config.allowed_rsv,
+                        max_frame: self.config.max_frame,
+                    };
+                    let header = match decode_header(&buf[consumed..], &limits)? {
+                        Decoded::NeedMore(_) => return Ok(Step::NeedMore { consumed }),
+                        Decoded::Header(h) => h,
+                    };
+                    self.state = self.start_frame(header)?;
+                    if let State::Stream { .. } = self.state {
+                        consumed += header.header_len;
+                    }
+                }
+                State::Inline {
+                    header,
+                    mut done,
+                    mut phase,
+                } => {
+                    let start = consumed + header.header_len;
+                    // An inline frame fits in `inline_limit`, a usize.
+                    let len = header.payload_len as usize;
+                    let avail = buf.len().saturating_sub(start).min(len);
+                    if avail == len && done == 0 {
+                        // The common case: the whole frame arrived at once. Validation of
+                        // text happens once, on the complete payload, in `read`.
+                        if let Some(key) = header.mask {
+                            apply_mask(&mut buf[start..start + len], key, 0);
+                        }
+                    } else if avail > done {
+                        let piece = &mut buf[start + done..start + avail];
+                        if let Some(key) = header.mask {
+                            phase = apply_mask(piece, key, phase);
+                        }
+                        if header.opcode == OpCode::Text {
+                            self.utf8
+                                .feed(piece, avail == len)
+                                .map_err(|_| ProtocolError::InvalidUtf8)?;
+                        }
+                        done = avail;
+                    }
+                    if avail < len {
+                        self.state = State::Inline {
+                            header,
+                            done,
+                            phase,
+                        };
+                        return Ok(Step::NeedMore { consumed });
+                    }
+                    return Ok(Step::Inline {
+                        consumed: start + len,
+                        at: start,
+                        len,
+                        opcode: header.opcode,
+                    });
+                }
+                State::Stream {
+                    header,
+                    mut remaining,
+                    mut phase,
+                } => {
+                    let avail = ((buf.len() - consumed) as u64).min(remaining) as usize;
+                    if avail == 0 && remaining > 0 {
+                        return Ok(Step::NeedMore { consumed });
+                    }
+                    let piece = &mut buf[consumed..consumed + avail];
+                    if let Some(key) = header.mask {
+                        phase = apply_mask(piece, key, phase);
+                    }
+                    remaining -= avail as u64;
+                    if self.kind == Some(Kind::Text) {
+                        self.utf8
+                            .feed(piece, remaining == 0 && header.fin)
+                            .map_err(|_| ProtocolError::InvalidUtf8)?;
+                    }
+                    self.assembled.extend_from_slice(piece);
+                    consumed += avail;
+                    if remaining > 0 {
+                        self.state = State::Stream {
+                            header,
+                            remaining,
+                            phase,
+                        };
+                        return Ok(Step::NeedMore { consumed });
+                    }
+                    self.state = State::Header;
+                    if header.fin {
+                        return Ok(Step::Assembled { consumed });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the message-level rules to a new frame header and picks how to receive it.
+    fn start_frame(&mut self, header: FrameHeader) -> Result<State, ProtocolError> {
+        let len = header.payload_len;
+        let kind = match header.opcode {
+            OpCode::Ping | OpCode::Pong | OpCode::Close => {
+                // At most 125 bytes (checked by the decoder): always received in place.
+                return Ok(State::Inline {
+                    header,
+                    done: 0,
+                    phase: 0,
+                });
+            }
+            OpCode::Continuation => {
+                if self.kind.is_none() {
+                    return Err(ProtocolError::UnexpectedContinuation);
+                }
+                if self.assembled.len() as u64 + len > self.config.max_message {
+                    return Err(ProtocolError::MessageTooBig);
+                }
+                self.reserve(len);
+                return Ok(State::Stream {
+                    header,
+                    remaining: len,
+                    phase: 0,
+                });
+            }
+            _ if self.kind.is_some() => return Err(ProtocolError::ExpectedContinuation),
+            OpCode::Text => Kind::Text,
+            OpCode::Binary => Kind::Binary,
+        };
+        if len > self.config.max_message {
+            return Err(ProtocolError::MessageTooBig);
+        }
+        self.utf8.reset();
+        if header.fin && header.header_len as u64 + len <= self.config.inline_limit as u64 {
+            return Ok(State::Inline {
+                header,
+                done: 0,
+                phase: 0,
+            });
+        }
+        self.kind = Some(kind);
+        self.assembled.clear();
+        self.reserve(len);
+        Ok(State::Stream {
+            header,
+            remaining: len,
+            phase: 0,
+        })
+    }
+
+    /// Reserves room for `len` more bytes, but never far ahead of what has arrived.
+    fn reserve(&mut self, len: u64) {
+        self.assembled.reserve(len.min(MAX_RESERVE) as usize);
+    }
+}
+
+/// What [`Reader::step`] reached.
+enum Step {
+    NeedMore {
+        consumed: usize,
+    },
+    /// A whole frame lies at `buf[at..at + len]`, unmasked.
+    Inline {
+        consumed: usize,
+        at: usize,
+        len: usize,
+        opcode: OpCode,
+    },
+    /// A message is complete in the reassembly buffer.
+    Assembled {
+        consumed: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::frame::write_frame;
+    use proptest::prelude::*;
+
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    fn server(inline_limit: usize) -> Reader {
+        Reader::new(ReaderConfig {
+            inline_limit,
+            ..ReaderConfig::new(Role::Server)
+        })
+    }
+
+    /// Emulates a server read loop: a buffer of `capacity` bytes, filled from `chunks`,
+    /// compacted when the reader needs more. Returns the messages, owned, or the first error.
+    fn drive(
+        reader: &mut Reader,
+        chunks: &[&[u8]],
+        capacity: usize,
+    ) -> Result<Vec<OwnedMessage>, ProtocolError> {
+        let mut buf = vec![0u8; capacity];
+        let (mut start, mut end) = (0, 0);
+        let mut out = Vec::new();
+        let mut input: Vec<u8> = chunks.concat();
+        let mut sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        sizes.reverse();
+        loop {
+            loop {
+                let p = reader.read(&mut buf[start..end])?;
+                start += p.consumed;
+                match p.message {
+                    Some(m) => out.push(m.into_owned()),
+                    None => break,
+                }
+            }
+            let Some(mut n) = sizes.pop() else {
+                return Ok(out);
+            };
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+            if n > capacity - end {
+                // Deliver the rest of this chunk after the reader has made room.
+                sizes.push(n - (capacity - end));
+                n = capacity - end;
+            }
+            assert!(n > 0 || input.is_empty(), "reader stalled with a full buffer");
+            buf[end..end + n].copy_from_slice(&input[..n]);
+            input.drain(..n);
+            end += n;
+        }
+    }
+
+    fn masked(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_frame(&mut v, fin, op, Some(KEY), payload);
+        v
+    }
+
+    #[test]
+    fn rfc_masked_hello_is_borrowed_from_the_buffer() {
+        let mut r = server(1024);
+        let mut buf = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let start = buf.as_ptr() as usize;
+        let p = r.read(&mut buf).unwrap();
+        assert_eq!(p.consumed, 11);
+        let Some(Message::Text(s)) = p.message else {
+            panic!("{p:?}")
+        };
+        assert_eq!(s, "Hello");
+        assert_eq!(s.as_ptr() as usize, start + 6, "payload is not copied");
+    }
+
+    #[test]
+    fn rfc_fragmented_hello_with_ping_between() {
+        let mut r = server(1024);
+        let input = [
+            masked(false, OpCode::Text, b"Hel"),
+            masked(true, OpCode::Ping, b"Hello"),
+            masked(true, OpCode::Continuation, b"lo"),
+        ]
+        .concat();
+        let got = drive(&mut r, &[&input], 1024).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                OwnedMessage::Ping(Bytes::from_static(b"Hello")),
+                OwnedMessage::Text(Bytes::from_static(b"Hello")),
+            ]
+        );
+    }
+
+    #[test]
+    fn byte_by_byte_arrival() {
+        let payload: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+        let input = [
+            masked(true, OpCode::Binary, &payload),
+            masked(true, OpCode::Text, "κόσμε".as_bytes()),
+            masked(true, OpCode::Close, &[0x03, 0xe8, b'o', b'k']),
+        ]
+        .concat();
+        for capacity in [139, 1000, 200_000] {
+            let mut r = server(capacity);
+            let chunks: Vec<&[u8]> = input.chunks(7).collect();
+            let got = drive(&mut r, &chunks, capacity).unwrap();
+            assert_eq!(got.len(), 3);
+            assert_eq!(got[0], OwnedMessage::Binary(Bytes::from(payload.clone())));
+            assert_eq!(got[1], OwnedMessage::Text(Bytes::from("κόσμε")));
+            assert_eq!(
+                got[2],
+                OwnedMessage::Close(Some((CloseCode::NORMAL, "ok".into())))
+            );
+            assert!(r.is_closed());
+        }
+    }
+
+    fn first_error(input: &[u8], chunk: usize) -> ProtocolError {
+        let mut r = server(1024);
+        let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
+        drive(&mut r, &chunks, 1024).unwrap_err()
+    }
+
+    #[test]
+    fn continuation_without_start_is_1002() {
+        let e = first_error(&masked(true, OpCode::Continuation, b"x"), 100);
+        assert_eq!(e, ProtocolError::UnexpectedContinuation);
+        assert_eq!(e.close_code().0, 1002);
+    }
+
+    #[test]
+    fn new_message_inside_fragments_is_1002() {
+        let input = [
+            masked(false, OpCode::Text, b"a"),
+            masked(true, OpCode::Binary, b"b"),
+        ]
+        .concat();
+        let e = first_error(&input, 100);
+        assert_eq!(e, ProtocolError::ExpectedContinuation);
+        assert_eq!(e.close_code().0, 1002);
+    }
+
+    #[test]
+    fn message_limit_counts_all_fragments() {
+        let mut r = Reader::new(ReaderConfig {
+            max_message: 10,
+            ..ReaderConfig::new(Role::Server)
+        });
+        let input = [
+            masked(false, OpCode::Binary, b"123456"),
+            masked(false, OpCode::Continuation, b"7890"),
+            masked(true, OpCode::Continuation, b"!"),
+        ]
+        .concat();
+        let e = drive(&mut r, &[&input], 1024).unwrap_err();
+        assert_eq!(e, ProtocolError::MessageTooBig);
+        assert_eq!(e.close_code().0, 1009);
+        // A single frame over the message limit is refused from its header.
+        let mut r = Reader::new(ReaderConfig {
+            max_message: 10,
+            ..ReaderConfig::new(Role::Server)
+        });
+        let mut header = [0x82, 0xff, 0, 0, 0, 0, 0, 0x10, 0, 0, 1, 2, 3, 4];
+        assert_eq!(r.read(&mut header).unwrap_err(), ProtocolError::MessageTooBig);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_frame_completes() {
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload.extend_from_slice(&[0xf4, 0x90, 0x80, 0x80]);
+        payload.extend_from_slice(&[b'a'; 500]);
+        let frame = masked(true, OpCode::Text, &payload);
+        let mut r = server(1024);
+        // Only the first 30 bytes have arrived: the invalid sequence is among them.
+        let mut part = frame[..30].to_vec();
+        assert_eq!(r.read(&mut part).unwrap_err(), ProtocolError::InvalidUtf8);
+        // The same for a fragmented message streamed into the reassembly buffer.
+        let input = [
+            masked(false, OpCode::Text, "κό".as_bytes()),
+            masked(false, OpCode::Continuation, &[0xce]),
+            masked(false, OpCode::Continuation, &[0x41]),
+        ]
+        .concat();
+        let mut r = server(1024);
+        let e = drive(&mut r, &[&input], 1024).unwrap_err();
+        assert_eq!((e, e.close_code().0), (ProtocolError::InvalidUtf8, 1007));
+    }
+
+    #[test]
+    fn text_ending_mid_code_point_is_1007() {
+        let input = [
+            masked(false, OpCode::Text, &[0xce]),
+            masked(true, OpCode::Continuation, &[]),
+        ]
+        .concat();
+        assert_eq!(first_error(&input, 100), ProtocolError::InvalidUtf8);
+    }
+
+    #[test]
+    fn bad_close_payloads() {
+        assert_eq!(
+            first_error(&masked(true, OpCode::Close, &[3]), 100),
+            ProtocolError::CloseLength
+        );
+        assert_eq!(
+            first_error(&masked(true, OpCode::Close, &[0x03, 0xed]), 100),
+            ProtocolError::CloseCode(1005)
+        );
+        let e = first_error(&masked(true, OpCode::Close, &[0x03, 0xe8, 0xff]), 100);
+        assert_eq!(e.close_code().0, 1007);
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut r = server(1024);
+        let mut bad = [0x81u8, 0x05, 0, 0, 0, 0, 0];
+        assert_eq!(r.read(&mut bad).unwrap_err(), ProtocolError::UnmaskedFrame);
+        let mut good = masked(true, OpCode::Text, b"x");
+        assert_eq!(r.read(&mut good).unwrap_err(), ProtocolError::UnmaskedFrame);
+    }
+
+    #[test]
+    fn empty_messages() {
+        let input = [
+            masked(true, OpCode::Text, b""),
+            masked(false, OpCode::Binary, b""),
+            masked(true, OpCode::Continuation, b""),
+            masked(true, OpCode::Close, b""),
+        ]
+        .concat();
+        let got = drive(&mut server(1024), &[&input], 1024).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                OwnedMessage::Text(Bytes::new()),
+                OwnedMessage::Binary(Bytes::new()),
+                OwnedMessage::Close(None),
+            ]
+        );
+    }
+
+    #[test]
+    fn client_role_reads_unmasked_and_refuses_masked() {
+        let mut r = Reader::new(ReaderConfig::new(Role::Client));
+        let mut buf = [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        let p = r.read(&mut buf).unwrap();
+        assert_eq!(p.message, Some(Message::Text("Hello")));
+        let mut masked = masked(true, OpCode::Text, b"x");
+        assert_eq!(r.read(&mut masked).unwrap_err(), ProtocolError::MaskedFrame);
+    }
+
+    #[derive(Debug, Clone)]
+    struct Msg {
+        text: bool,
+        data: Vec<u8>,
+        fragments: Vec<usize>,
+    }
+
+    fn msg_strategy() -> impl Strategy<Value = Msg> {
+        (
+            any::<bool>(),
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                proptest::collection::vec(any::<u8>(), 0..5000),
+            ],
+            proptest::collection::vec(0usize..400, 0..4),
+        )
+            .prop_map(|(text, data, fragments)| {
+                let data = if text {
+                    String::from_utf8_lossy(&data).into_owned().into_bytes()
+                } else {
+                    data
+                };
+                Msg {
+                    text,
+                    data,
+                    fragments,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn messages_survive_any_fragmentation_and_arrival(
+            msgs in proptest::collection::vec(msg_strategy(), 1..6),
+            chunk in 1usize..3000, capacity in 139usize..8000, key in any::<[u8; 4]>())
+        {
+            let mut wire = Vec::new();
+            for m in &msgs {
+                let mut cuts: Vec<usize> = m.fragments.iter().map(|&c| c.min(m.data.len())).collect();
+                cuts.sort();
+                let mut at = 0;
+                let mut first = true;
+                for c in cuts.into_iter().chain([m.data.len()]) {
+                    let op = if !first { OpCode::Continuation } else if m.text { OpCode::Text } else { OpCode::Binary };
+                    let last = c == m.data.len() && at <= c;
+                    if c < at { continue; }
+                    write_frame(&mut wire, last, op, Some(key), &m.data[at..c]);
+                    if !last {
+                        // A control frame between fragments.
+                        write_frame(&mut wire, true, OpCode::Pong, Some(key), b"p");
+                    }
+                    at = c;
+                    first = false;
+                    if last { break; }
+                }
+            }
+            let chunks: Vec<&[u8]> = wire.chunks(chunk).collect();
+            let mut r = server(capacity);
+            let got = drive(&mut r, &chunks, capacity).unwrap();
+            let data: Vec<OwnedMessage> = got.into_iter().filter(|m| !matches!(m, OwnedMessage::Pong(_))).collect();
+            let want: Vec<OwnedMessage> = msgs.iter().map(|m| if m.text {
+                OwnedMessage::Text(Bytes::from(m.data.clone()))
+            } else {
+                OwnedMessage::Binary(Bytes::from(m.data.clone()))
+            }).collect();
+            prop_assert_eq!(data, want);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..2000),
+                                       chunk in 1usize..64) {
+            let mut r = server(256);
+            let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
+            let _ = drive(&mut r, &chunks, 256);
+        }
+    }
+}
