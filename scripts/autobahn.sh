@@ -256,6 +256,8 @@ with open(spec_path, "w") as f:
 PY
 
 SERVER_PID=''
+SERVER_STATUS=''
+WSTEST_PID=''
 server_alive() {
     [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null \
         && [[ "$(awk '{print $3}' "/proc/$SERVER_PID/stat" 2>/dev/null)" != Z ]]
@@ -272,10 +274,19 @@ stop_server() {
         done
         kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
     fi
-    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_STATUS=0
+    wait "$SERVER_PID" 2>/dev/null || SERVER_STATUS=$?
     SERVER_PID=''
 }
-trap stop_server EXIT
+# shellcheck disable=SC2317  # invoked through the EXIT trap
+cleanup() {
+    if [[ -n "$WSTEST_PID" ]]; then
+        kill -TERM "$WSTEST_PID" 2>/dev/null || true
+        wait "$WSTEST_PID" 2>/dev/null || true
+    fi
+    stop_server
+}
+trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -293,8 +304,11 @@ done
 
 log "running wstest -m fuzzingclient (cases: $CASES, timeout ${TIMEOUT_SECS}s)"
 wstest_status=0
-(cd "$WORK" && timeout --kill-after=10 "$TIMEOUT_SECS" "$WSTEST" -m fuzzingclient -s "$SPEC") \
-    || wstest_status=$?
+# In the background so that INT/TERM traps run at once (cleanup stops wstest and the server).
+(cd "$WORK" && exec timeout --kill-after=10 "$TIMEOUT_SECS" "$WSTEST" -m fuzzingclient -s "$SPEC") &
+WSTEST_PID=$!
+wait "$WSTEST_PID" || wstest_status=$?
+WSTEST_PID=''
 
 server_ok=1
 server_alive || server_ok=0
@@ -321,7 +335,7 @@ if [[ $wstest_status -ne 0 ]]; then
     status=1
 fi
 if [[ $server_ok -ne 1 ]]; then
-    log "the server died during the run; last lines of $SERVER_LOG:"
+    log "the server died during the run (exit status $SERVER_STATUS); last lines of $SERVER_LOG:"
     tail -n 20 "$SERVER_LOG" >&2 || true
     status=1
 fi

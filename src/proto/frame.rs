@@ -279,7 +279,9 @@ mod tests {
     #[test]
     fn rfc_masked_hello() {
         let h = header(
-            &[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58],
+            &[
+                0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+            ],
             &SERVER,
         );
         assert_eq!(h.mask, Some([0x37, 0xfa, 0x21, 0x3d]));
@@ -302,7 +304,9 @@ mod tests {
         let ping = header(&[0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f], &CLIENT);
         assert_eq!(ping.opcode, OpCode::Ping);
         let pong = header(
-            &[0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58],
+            &[
+                0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+            ],
             &SERVER,
         );
         assert_eq!(pong.opcode, OpCode::Pong);
@@ -312,7 +316,10 @@ mod tests {
     #[test]
     fn rfc_256_byte_and_64k_binary() {
         let h = header(&[0x82, 0x7e, 0x01, 0x00], &CLIENT);
-        assert_eq!((h.opcode, h.payload_len, h.header_len), (OpCode::Binary, 256, 4));
+        assert_eq!(
+            (h.opcode, h.payload_len, h.header_len),
+            (OpCode::Binary, 256, 4)
+        );
         let h = header(&[0x82, 0x7f, 0, 0, 0, 0, 0, 0x01, 0x00, 0x00], &CLIENT);
         assert_eq!((h.payload_len, h.header_len), (65536, 10));
         let mut out = [0u8; MAX_HEADER_LEN];
@@ -348,8 +355,16 @@ mod tests {
             (&[0x83, 0x85], &SERVER, ProtocolError::UnknownOpcode(3)),
             (&[0x8b, 0x85], &SERVER, ProtocolError::UnknownOpcode(0xb)),
             (&[0x09, 0x80], &SERVER, ProtocolError::FragmentedControl),
-            (&[0x89, 0xfe, 0x00, 0x7e], &SERVER, ProtocolError::ControlTooLong),
-            (&[0x82, 0xfe, 0x00, 0x05], &SERVER, ProtocolError::NonMinimalLength),
+            (
+                &[0x89, 0xfe, 0x00, 0x7e],
+                &SERVER,
+                ProtocolError::ControlTooLong,
+            ),
+            (
+                &[0x82, 0xfe, 0x00, 0x05],
+                &SERVER,
+                ProtocolError::NonMinimalLength,
+            ),
         ];
         for (buf, limits, want) in cases {
             let got = err(buf, limits);
@@ -387,7 +402,13 @@ mod tests {
         write_frame(&mut out, true, OpCode::Text, None, b"Hello");
         assert_eq!(out, [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
         out.clear();
-        write_frame(&mut out, true, OpCode::Text, Some([0x37, 0xfa, 0x21, 0x3d]), b"Hello");
+        write_frame(
+            &mut out,
+            true,
+            OpCode::Text,
+            Some([0x37, 0xfa, 0x21, 0x3d]),
+            b"Hello",
+        );
         assert_eq!(
             out,
             [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 
 use crate::proto::close::{parse_close_payload, CloseCode, CloseFrame};
-use crate::proto::frame::{decode_header, Decoded, DecodeLimits, FrameHeader, OpCode, Role};
+use crate::proto::frame::{decode_header, DecodeLimits, Decoded, FrameHeader, OpCode, Role};
 use crate::proto::mask::apply_mask;
 use crate::proto::utf8::Utf8Validator;
 use crate::proto::ProtocolError;
@@ -80,9 +80,7 @@ impl Message<'_> {
             Message::Binary(b) => OwnedMessage::Binary(Bytes::copy_from_slice(b)),
             Message::Ping(b) => OwnedMessage::Ping(Bytes::copy_from_slice(b)),
             Message::Pong(b) => OwnedMessage::Pong(Bytes::copy_from_slice(b)),
-            Message::Close(f) => {
-                OwnedMessage::Close(f.map(|f| (f.code, f.reason.to_owned())))
-            }
+            Message::Close(f) => OwnedMessage::Close(f.map(|f| (f.code, f.reason.to_owned()))),
         }
     }
 
@@ -486,7 +484,10 @@ mod tests {
                 sizes.push(n - (capacity - end));
                 n = capacity - end;
             }
-            assert!(n > 0 || input.is_empty(), "reader stalled with a full buffer");
+            assert!(
+                n > 0 || input.is_empty(),
+                "reader stalled with a full buffer"
+            );
             buf[end..end + n].copy_from_slice(&input[..n]);
             input.drain(..n);
             end += n;
@@ -502,7 +503,9 @@ mod tests {
     #[test]
     fn rfc_masked_hello_is_borrowed_from_the_buffer() {
         let mut r = server(1024);
-        let mut buf = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let mut buf = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let start = buf.as_ptr() as usize;
         let p = r.read(&mut buf).unwrap();
         assert_eq!(p.consumed, 11);
@@ -602,7 +605,10 @@ mod tests {
             ..ReaderConfig::new(Role::Server)
         });
         let mut header = [0x82, 0xff, 0, 0, 0, 0, 0, 0x10, 0, 0, 1, 2, 3, 4];
-        assert_eq!(r.read(&mut header).unwrap_err(), ProtocolError::MessageTooBig);
+        assert_eq!(
+            r.read(&mut header).unwrap_err(),
+            ProtocolError::MessageTooBig
+        );
     }
 
     #[test]

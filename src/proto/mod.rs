@@ -12,6 +12,7 @@
 pub mod close;
 mod error;
 pub mod frame;
+pub mod handshake;
 pub mod mask;
 pub mod message;
 pub mod utf8;
