@@ -189,14 +189,29 @@ impl Reader {
         self.kind.is_some() || !matches!(self.state, State::Header | State::Closed)
     }
 
-    /// Feeds the bytes that have arrived and not yet been consumed.
+    /// Feeds the bytes that have arrived and not yet been consumed, and returns at most one
+    /// message: [`Reader::advance`] followed by [`Reader::message`].
     ///
     /// `buf` must start with the first byte not consumed by earlier calls. The reader unmasks
-    /// payloads in place. It returns how many bytes at the front it is done with and at most one
-    /// message; call again with the rest until it returns no message, then read more bytes.
-    /// After an error the reader stays failed: close the connection with
+    /// payloads in place. Call again with the rest until it returns no message, then read more
+    /// bytes. After an error the reader stays failed: close the connection with
     /// [`ProtocolError::close_code`].
     pub fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<Progress<'a>, ProtocolError> {
+        let advance = self.advance(buf)?;
+        Ok(Progress {
+            consumed: advance.consumed,
+            message: advance.ready.map(|r| self.message(buf, r)),
+        })
+    }
+
+    /// Feeds the bytes that have arrived and not yet been consumed, and reports how many the
+    /// reader is done with and whether a message is ready, without borrowing anything.
+    ///
+    /// `buf` must start with the first byte not consumed by earlier calls; payloads are
+    /// unmasked in place and fully validated (UTF-8, close payloads) before a message is
+    /// reported ready. Fetch a ready message with [`Reader::message`], passing the same `buf`.
+    /// This split lets an I/O loop decide what to do with a message before borrowing it.
+    pub fn advance(&mut self, buf: &mut [u8]) -> Result<Advance, ProtocolError> {
         if self.handed_out {
             self.handed_out = false;
             if self.assembled.capacity() > KEEP_CAPACITY {
@@ -205,67 +220,39 @@ impl Reader {
                 self.assembled.clear();
             }
         }
-        let step = match self.step(buf) {
-            Ok(step) => step,
+        match self.step(buf) {
+            Ok(advance) => Ok(advance),
             Err(e) => {
                 self.state = State::Failed(e);
-                return Err(e);
+                Err(e)
             }
+        }
+    }
+
+    /// The message that [`Reader::advance`] reported ready, borrowing `buf` (the same slice
+    /// that was passed to `advance`) or the reader's reassembly buffer.
+    pub fn message<'a>(&'a self, buf: &'a [u8], ready: Ready) -> Message<'a> {
+        let payload = match ready.at {
+            Some(at) => &buf[at..at + ready.len],
+            None => &self.assembled[..],
         };
-        let (consumed, message) = match step {
-            Step::NeedMore { consumed } => (consumed, None),
-            Step::Inline {
-                consumed,
-                at,
-                len,
-                opcode,
-            } => {
-                let payload = &buf[at..at + len];
-                let message = match opcode {
-                    OpCode::Text => simdutf8::basic::from_utf8(payload)
-                        .map(Message::Text)
-                        .map_err(|_| ProtocolError::InvalidUtf8),
-                    OpCode::Ping => Ok(Message::Ping(payload)),
-                    OpCode::Pong => Ok(Message::Pong(payload)),
-                    OpCode::Close => parse_close_payload(payload).map(Message::Close),
-                    OpCode::Binary | OpCode::Continuation => Ok(Message::Binary(payload)),
-                };
-                self.state = match (&message, opcode) {
-                    (Err(e), _) => State::Failed(*e),
-                    (Ok(_), OpCode::Close) => State::Closed,
-                    _ => State::Header,
-                };
-                (consumed, Some(message?))
-            }
-            Step::Assembled { consumed } => {
-                self.handed_out = true;
-                let message = match self.kind.take() {
-                    Some(Kind::Text) => match simdutf8::basic::from_utf8(&self.assembled) {
-                        Ok(s) => Message::Text(s),
-                        Err(_) => {
-                            self.state = State::Failed(ProtocolError::InvalidUtf8);
-                            return Err(ProtocolError::InvalidUtf8);
-                        }
-                    },
-                    _ => Message::Binary(&self.assembled),
-                };
-                (consumed, Some(message))
-            }
-        };
-        Ok(Progress { consumed, message })
+        match ready.opcode {
+            // `advance` validated the payload; this second check only turns it into a `str`.
+            OpCode::Text => Message::Text(simdutf8::basic::from_utf8(payload).unwrap_or_default()),
+            OpCode::Binary | OpCode::Continuation => Message::Binary(payload),
+            OpCode::Ping => Message::Ping(payload),
+            OpCode::Pong => Message::Pong(payload),
+            OpCode::Close => Message::Close(parse_close_payload(payload).unwrap_or_default()),
+        }
     }
 
     /// Advances the state machine as far as `buf` allows, up to one complete message.
-    fn step(&mut self, buf: &mut [u8]) -> Result<Step, ProtocolError> {
+    fn step(&mut self, buf: &mut [u8]) -> Result<Advance, ProtocolError> {
         let mut consumed = 0;
         loop {
             match self.state {
                 State::Failed(e) => return Err(e),
-                State::Closed => {
-                    return Ok(Step::NeedMore {
-                        consumed: buf.len(),
-                    })
-                }
+                State::Closed => return Ok(Advance::more(buf.len())),
                 State::Header => {
                     let limits = DecodeLimits {
                         role: self.config.role,
@@ -273,7 +260,7 @@ impl Reader {
                         max_frame: self.config.max_frame,
                     };
                     let header = match decode_header(&buf[consumed..], &limits)? {
-                        Decoded::NeedMore(_) => return Ok(Step::NeedMore { consumed }),
+                        Decoded::NeedMore(_) => return Ok(Advance::more(consumed)),
                         Decoded::Header(h) => h,
                     };
                     self.state = self.start_frame(header)?;
@@ -314,13 +301,31 @@ impl Reader {
                             done,
                             phase,
                         };
-                        return Ok(Step::NeedMore { consumed });
+                        return Ok(Advance::more(consumed));
                     }
-                    return Ok(Step::Inline {
+                    let payload = &buf[start..start + len];
+                    match header.opcode {
+                        OpCode::Text if done == 0 => {
+                            simdutf8::basic::from_utf8(payload)
+                                .map_err(|_| ProtocolError::InvalidUtf8)?;
+                        }
+                        OpCode::Close => {
+                            parse_close_payload(payload)?;
+                        }
+                        _ => {}
+                    }
+                    self.state = if header.opcode == OpCode::Close {
+                        State::Closed
+                    } else {
+                        State::Header
+                    };
+                    return Ok(Advance {
                         consumed: start + len,
-                        at: start,
-                        len,
-                        opcode: header.opcode,
+                        ready: Some(Ready {
+                            opcode: header.opcode,
+                            at: Some(start),
+                            len,
+                        }),
                     });
                 }
                 State::Stream {
@@ -330,7 +335,7 @@ impl Reader {
                 } => {
                     let avail = ((buf.len() - consumed) as u64).min(remaining) as usize;
                     if avail == 0 && remaining > 0 {
-                        return Ok(Step::NeedMore { consumed });
+                        return Ok(Advance::more(consumed));
                     }
                     let piece = &mut buf[consumed..consumed + avail];
                     if let Some(key) = header.mask {
@@ -350,11 +355,23 @@ impl Reader {
                             remaining,
                             phase,
                         };
-                        return Ok(Step::NeedMore { consumed });
+                        return Ok(Advance::more(consumed));
                     }
                     self.state = State::Header;
                     if header.fin {
-                        return Ok(Step::Assembled { consumed });
+                        self.handed_out = true;
+                        let opcode = match self.kind.take() {
+                            Some(Kind::Text) => OpCode::Text,
+                            _ => OpCode::Binary,
+                        };
+                        return Ok(Advance {
+                            consumed,
+                            ready: Some(Ready {
+                                opcode,
+                                at: None,
+                                len: self.assembled.len(),
+                            }),
+                        });
                     }
                 }
             }
@@ -418,22 +435,50 @@ impl Reader {
     }
 }
 
-/// What [`Reader::step`] reached.
-enum Step {
-    NeedMore {
-        consumed: usize,
-    },
-    /// A whole frame lies at `buf[at..at + len]`, unmasked.
-    Inline {
-        consumed: usize,
-        at: usize,
-        len: usize,
-        opcode: OpCode,
-    },
-    /// A message is complete in the reassembly buffer.
-    Assembled {
-        consumed: usize,
-    },
+/// What one call of [`Reader::advance`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advance {
+    /// Bytes at the front of the buffer the reader is done with; the caller drops them (after
+    /// fetching the ready message, which may lie among them).
+    pub consumed: usize,
+    /// A message is ready; fetch it with [`Reader::message`]. `None` means more bytes are
+    /// needed.
+    pub ready: Option<Ready>,
+}
+
+impl Advance {
+    fn more(consumed: usize) -> Self {
+        Advance {
+            consumed,
+            ready: None,
+        }
+    }
+}
+
+/// Where a ready message lies. Only meaningful for the [`Reader::message`] call that follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    opcode: OpCode,
+    /// Offset in the caller's buffer, or `None` for the reassembly buffer.
+    at: Option<usize>,
+    len: usize,
+}
+
+impl Ready {
+    /// The message's opcode (`Text` or `Binary` for data, whether or not it was fragmented).
+    pub fn opcode(&self) -> OpCode {
+        self.opcode
+    }
+
+    /// The payload length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,109 @@
+//! The per-thread pool of registered (fixed) read buffers, with a heap fallback.
+//!
+//! Each runtime thread registers `pool_size` buffers of `read_buffer_size` bytes with its ring.
+//! A connection checks one out for its lifetime; when the pool is empty (or registration was
+//! refused, e.g. by RLIMIT_MEMLOCK) it gets a plain heap buffer instead. The pool is never
+//! waited on. Reads into a registered buffer use `read_fixed`, which spares the kernel the
+//! page pinning of every read.
+
+use std::io;
+
+use tokio_uring::buf::fixed::{FixedBuf, FixedBufPool};
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+/// The per-thread buffer pool.
+pub(crate) struct BufferPool {
+    pool: Option<FixedBufPool<Vec<u8>>>,
+    size: usize,
+}
+
+impl BufferPool {
+    /// Registers `count` buffers of `size` bytes with the current thread's ring. Must run
+    /// inside the tokio-uring runtime. When registration fails, every buffer is a heap buffer.
+    pub(crate) fn new(count: usize, size: usize) -> Self {
+        if count == 0 {
+            return BufferPool { pool: None, size };
+        }
+        let pool = FixedBufPool::new((0..count).map(|_| vec![0u8; size]));
+        match pool.register() {
+            Ok(()) => BufferPool {
+                pool: Some(pool),
+                size,
+            },
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "could not register {count} read buffers of {size} bytes (RLIMIT_MEMLOCK?); using heap buffers"
+                );
+                BufferPool { pool: None, size }
+            }
+        }
+    }
+
+    /// A buffer for one connection: registered when one is free, else from the heap.
+    pub(crate) fn checkout(&self) -> ReadBuf {
+        match self.pool.as_ref().and_then(|p| p.try_next(self.size)) {
+            Some(fixed) => ReadBuf::Fixed(fixed),
+            None => ReadBuf::Heap(vec![0u8; self.size]),
+        }
+    }
+}
+
+/// A connection's read buffer. Its whole capacity is always initialised, so that reads can
+/// target any offset; the connection keeps its own `start..end` cursors.
+pub(crate) enum ReadBuf {
+    /// A registered buffer, read with `read_fixed`.
+    Fixed(FixedBuf),
+    /// A heap buffer, read with `read`.
+    Heap(Vec<u8>),
+    /// Transiently empty while a read owns the buffer.
+    Taken,
+}
+
+impl ReadBuf {
+    /// A heap buffer of `size` bytes.
+    pub(crate) fn heap(size: usize) -> Self {
+        ReadBuf::Heap(vec![0u8; size])
+    }
+
+    /// The buffer's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            ReadBuf::Fixed(b) => b,
+            ReadBuf::Heap(v) => v,
+            ReadBuf::Taken => &[],
+        }
+    }
+
+    /// The buffer's bytes, mutably.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            ReadBuf::Fixed(b) => b,
+            ReadBuf::Heap(v) => v,
+            ReadBuf::Taken => &mut [],
+        }
+    }
+
+    /// The buffer's capacity.
+    pub(crate) fn capacity(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Reads from `stream` into `self[at..]`, returning the number of bytes read (0 at EOF).
+    pub(crate) async fn read_at(&mut self, stream: &TcpStream, at: usize) -> io::Result<usize> {
+        match std::mem::replace(self, ReadBuf::Taken) {
+            ReadBuf::Fixed(buf) => {
+                let (res, slice) = stream.read_fixed(buf.slice(at..)).await;
+                *self = ReadBuf::Fixed(slice.into_inner());
+                res
+            }
+            ReadBuf::Heap(buf) => {
+                let (res, slice) = stream.read(buf.slice(at..)).await;
+                *self = ReadBuf::Heap(slice.into_inner());
+                res
+            }
+            ReadBuf::Taken => Err(io::Error::other("read buffer lost")),
+        }
+    }
+}
