@@ -1,4 +1,35 @@
 //! uringws: a WebSocket (RFC 6455) server library for Linux whose I/O runs on io_uring.
+//!
+//! Two layers, kept apart:
+//!
+//! - [`proto`] knows bytes: the handshake, frames, masking, UTF-8, message reassembly and close
+//!   codes, as pure code over byte slices with no sockets, no async and no clock.
+//! - [`server`] knows io_uring: one thread per core, each with its own tokio-uring runtime,
+//!   `SO_REUSEPORT` listener and registered read buffers. Frames are parsed where they land in
+//!   the read buffer, unmasked in place, and handed to the application as borrowed slices.
+//!
+//! A hello-world echo server:
+//!
+//! ```no_run
+//! fn main() -> Result<(), uringws::Error> {
+//!     uringws::Server::bind("127.0.0.1:9001")?.serve(|ws: uringws::WebSocket| async move {
+//!         let (mut rx, tx) = ws.split();
+//!         while let Some(msg) = rx.recv().await? {
+//!             tx.send(msg).await?; // echo: one copy, into the send queue
+//!         }
+//!         Ok(())
+//!     })
+//! }
+//! ```
 #![deny(missing_docs)]
 
+mod error;
 pub mod proto;
+pub mod server;
+
+pub use error::{Error, Result};
+pub use proto::close::CloseCode;
+pub use proto::message::{Message, OwnedMessage};
+pub use server::{
+    Config, HttpResponse, Receiver, RunningServer, Sender, Server, ShutdownHandle, WebSocket,
+};

@@ -62,11 +62,6 @@ pub(crate) enum ReadBuf {
 }
 
 impl ReadBuf {
-    /// A heap buffer of `size` bytes.
-    pub(crate) fn heap(size: usize) -> Self {
-        ReadBuf::Heap(vec![0u8; size])
-    }
-
     /// The buffer's bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
@@ -92,6 +87,9 @@ impl ReadBuf {
 
     /// Reads from `stream` into `self[at..]`, returning the number of bytes read (0 at EOF).
     pub(crate) async fn read_at(&mut self, stream: &TcpStream, at: usize) -> io::Result<usize> {
+        if at >= self.capacity() {
+            return Err(io::Error::other("read buffer is full"));
+        }
         match std::mem::replace(self, ReadBuf::Taken) {
             ReadBuf::Fixed(buf) => {
                 let (res, slice) = stream.read_fixed(buf.slice(at..)).await;

@@ -1,0 +1,36 @@
+//! Hello-world WebSocket server: echoes every message.
+//!
+//! ```sh
+//! cargo run --release --example hello_server            # listens on 127.0.0.1:9001
+//! cargo run --release --example hello_server 0.0.0.0:8080
+//! ```
+//! Then, in a browser's console:
+//! `ws = new WebSocket("ws://127.0.0.1:9001"); ws.onmessage = e => console.log(e.data); ws.onopen = () => ws.send("Hello, World!")`
+
+fn main() {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9001".into());
+    let server = uringws::Server::bind(addr.as_str()).and_then(|s| {
+        s.start(|ws: uringws::WebSocket| async move {
+            let (mut rx, tx) = ws.split();
+            while let Some(msg) = rx.recv().await? {
+                tx.send(msg).await?; // echo, text stays text and binary stays binary
+            }
+            Ok(())
+        })
+    });
+    match server {
+        Ok(server) => {
+            println!("hello_server listening on ws://{}", server.local_addr());
+            if let Err(e) = server.join() {
+                eprintln!("hello_server: {e}");
+                std::process::exit(1);
+            }
+        }
+        Err(e) => {
+            eprintln!("hello_server: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The `uringws` binary: `uringws echo` runs the echo server used by the conformance run, the
+//! benchmarks and the container.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use uringws::{HttpResponse, Server};
+
+#[derive(Parser)]
+#[command(name = "uringws", version, about = "io_uring WebSocket server tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an echo server: every text or binary message is sent back. `GET /healthz`
+    /// answers 200. SIGINT/SIGTERM close every connection with 1001 and exit 0.
+    Echo(EchoArgs),
+}
+
+#[derive(clap::Args)]
+struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    addr: String,
+    /// Runtime threads (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Most open connections.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Largest frame payload in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_frame: u64,
+    /// Largest message in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_message: u64,
+    /// Largest handshake request in bytes.
+    #[arg(long, default_value_t = 8192)]
+    max_handshake: usize,
+    /// Read buffer per connection in bytes.
+    #[arg(long, default_value_t = 16384)]
+    read_buffer: usize,
+    /// Registered read buffers per thread (at most 1024).
+    #[arg(long, default_value_t = 256)]
+    registered_buffers: usize,
+    /// Send queue high-water mark per connection in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    send_queue: usize,
+    /// Handshake timeout in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    handshake_timeout: f64,
+    /// Idle timeout in seconds (0 disables it).
+    #[arg(long, default_value_t = 300.0)]
+    idle_timeout: f64,
+    /// Keep-alive ping interval in seconds (0 disables pings).
+    #[arg(long, default_value_t = 0.0)]
+    ping_interval: f64,
+    /// Close timeout in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    close_timeout: f64,
+    /// Shutdown grace period in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    shutdown_grace: f64,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+fn nonzero(s: f64) -> Option<Duration> {
+    (s > 0.0).then(|| secs(s))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Echo(args) => echo(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("uringws: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn echo(args: EchoArgs) -> uringws::Result<()> {
+    let mut server = Server::bind(args.addr.as_str())?
+        .max_connections(args.max_connections)
+        .max_sizes(args.max_frame, args.max_message)
+        .max_handshake_size(args.max_handshake)
+        .read_buffer_size(args.read_buffer)
+        .send_queue_limit(args.send_queue)
+        .handshake_timeout(secs(args.handshake_timeout))
+        .idle_timeout(nonzero(args.idle_timeout))
+        .ping_interval(nonzero(args.ping_interval))
+        .close_timeout(secs(args.close_timeout))
+        .shutdown_grace(secs(args.shutdown_grace))
+        .registered_buffers(args.registered_buffers)
+        .http(|req| match req.path {
+            "/healthz" => HttpResponse::text(200, "ok\n"),
+            _ => HttpResponse::upgrade_required(),
+        });
+    if let Some(n) = args.threads {
+        server = server.threads(n);
+    }
+    let running = server.start(|ws: uringws::WebSocket| async move {
+        let (mut rx, tx) = ws.split();
+        while let Some(msg) = rx.recv().await? {
+            tx.send(msg).await?;
+        }
+        Ok(())
+    })?;
+    eprintln!("uringws echo listening on {}", running.local_addr());
+    let handle = running.shutdown_handle();
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    signals.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok::<(), std::io::Error>(())
+    })?;
+    eprintln!("uringws: shutting down");
+    handle.shutdown();
+    running.join()
+}

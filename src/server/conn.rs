@@ -1,0 +1,322 @@
+//! One server connection from accept to close: the handshake read over the connection's
+//! buffer, plain HTTP answers, the handler's run, the closing handshake, and the watchdog that
+//! enforces every timeout by shutting the socket down (never by dropping an in-flight read).
+
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio_uring::net::TcpStream;
+
+use crate::proto::close::CloseCode;
+use crate::proto::frame::Role;
+use crate::proto::handshake::{self, Handshake, HeadScanner, UpgradeRequest};
+use crate::proto::message::{Reader, ReaderConfig};
+use crate::server::buffers::ReadBuf;
+use crate::server::websocket::{writer, Conn, ConnectionInfo, Phase, RxState, WebSocket};
+use crate::server::{HttpResponse, ThreadCtx};
+
+/// Serves one accepted connection to the end.
+pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let buf = ctx.buffers.checkout();
+    let id = ctx.next_id();
+    tracing::trace!(%peer, id, "accepted");
+    let conn = Conn::new(stream, ctx.config.send_queue_limit, None);
+    ctx.register(id, conn.clone());
+    tokio_uring::spawn(watchdog(ctx.config.clone(), conn.clone()));
+    if let Some(state) = handshake(&ctx, &conn, buf, peer).await {
+        run(&ctx, conn, state).await;
+    }
+    ctx.unregister(id);
+}
+
+/// Reads requests until a WebSocket upgrade is accepted; answers plain HTTP requests and
+/// refusals. Returns the receive state of the open WebSocket, or `None` when it closed.
+async fn handshake(
+    ctx: &ThreadCtx,
+    conn: &Conn,
+    mut buf: ReadBuf,
+    peer: SocketAddr,
+) -> Option<RxState> {
+    let config = &ctx.config;
+    let mut end = 0;
+    loop {
+        let mut scanner = HeadScanner::new(config.max_handshake_size.min(buf.capacity()));
+        let head_len = loop {
+            match scanner.scan(&buf.bytes()[..end]) {
+                Ok(Some(n)) => break n,
+                Ok(None) => {}
+                Err(e) => {
+                    refuse(conn, &e, peer).await;
+                    return None;
+                }
+            }
+            match buf.read_at(&conn.stream, end).await {
+                Ok(0) | Err(_) => {
+                    finish_plain(conn).await;
+                    return None;
+                }
+                Ok(n) => end += n,
+            }
+        };
+        let mut out = Vec::new();
+        let keep_alive;
+        match handshake::parse(&buf.bytes()[..head_len]) {
+            Err(e) => {
+                refuse(conn, &e, peer).await;
+                return None;
+            }
+            Ok(Handshake::Plain(request)) => {
+                let response = match &ctx.http {
+                    Some(f) => f(&request),
+                    None => HttpResponse::upgrade_required(),
+                };
+                let has_body = !matches!(request.body_len(), Ok(0));
+                keep_alive = request.keep_alive() && !has_body;
+                tracing::debug!(%peer, path = request.path, status = response.status, "plain HTTP request");
+                let headers: Vec<(&str, &str)> = response
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let body: &[u8] = if request.method == "HEAD" {
+                    &[]
+                } else {
+                    &response.body
+                };
+                handshake::write_response(response.status, &headers, body, keep_alive, &mut out);
+            }
+            Ok(Handshake::WebSocket(upgrade)) => match accept(ctx, &upgrade, &mut out) {
+                Ok(protocol) => {
+                    let info = connection_info(&upgrade, protocol, peer);
+                    let (res, _) = conn.stream.write_all(out).await;
+                    if res.is_err() {
+                        finish_plain(conn).await;
+                        return None;
+                    }
+                    tracing::debug!(%peer, path = info.path, "upgraded");
+                    let _ = conn.info.set(info);
+                    let reader = Reader::new(ReaderConfig {
+                        max_frame: config.max_frame_size,
+                        max_message: config.max_message_size,
+                        inline_limit: buf.capacity(),
+                        ..ReaderConfig::new(Role::Server)
+                    });
+                    let state = RxState {
+                        buf,
+                        start: head_len,
+                        end,
+                        reader,
+                        peer_close: None,
+                        finished: false,
+                    };
+                    return Some(state);
+                }
+                Err(response) => {
+                    tracing::debug!(%peer, status = response.status, "upgrade refused by the application");
+                    let headers: Vec<(&str, &str)> = response
+                        .headers
+                        .iter()
+                        .map(|(n, v)| (n.as_str(), v.as_str()))
+                        .collect();
+                    handshake::write_response(
+                        response.status,
+                        &headers,
+                        &response.body,
+                        false,
+                        &mut out,
+                    );
+                    keep_alive = false;
+                }
+            },
+        }
+        let (res, _) = conn.stream.write_all(out).await;
+        if res.is_err() || !keep_alive {
+            finish_plain(conn).await;
+            return None;
+        }
+        // Keep-alive: the next request starts after this one's head.
+        buf.bytes_mut().copy_within(head_len..end, 0);
+        end -= head_len;
+        conn.set_phase(Phase::Handshake);
+    }
+}
+
+/// Decides the upgrade: the application's check, then the subprotocol. Writes the 101 into
+/// `out` and returns the chosen subprotocol, or the refusal to send.
+fn accept(
+    ctx: &ThreadCtx,
+    upgrade: &UpgradeRequest<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Option<String>, HttpResponse> {
+    if let Some(check) = &ctx.check {
+        check(upgrade)?;
+    }
+    let protocol = upgrade
+        .protocols()
+        .find(|p| ctx.config.subprotocols.iter().any(|s| s == p));
+    let extra: Vec<(&str, &str)> = ctx
+        .config
+        .response_headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    handshake::write_accept(upgrade, protocol, None, &extra, out)
+        .map_err(|e| HttpResponse::text(500, &format!("{e}\n")))?;
+    Ok(protocol.map(str::to_owned))
+}
+
+fn connection_info(
+    upgrade: &UpgradeRequest<'_>,
+    protocol: Option<String>,
+    peer: SocketAddr,
+) -> ConnectionInfo {
+    let request = &upgrade.request;
+    ConnectionInfo {
+        peer_addr: Some(peer),
+        path: request.path.to_owned(),
+        query: request.query.map(str::to_owned),
+        origin: upgrade.origin().map(str::to_owned),
+        protocol,
+        headers: request
+            .headers()
+            .iter()
+            .map(|h| (h.name.to_owned(), h.value.to_vec()))
+            .collect(),
+    }
+}
+
+/// Answers a refused handshake with its HTTP error and closes.
+async fn refuse(conn: &Conn, e: &handshake::HandshakeError, peer: SocketAddr) {
+    tracing::debug!(%peer, status = e.status(), reason = %e, "handshake refused");
+    let mut out = Vec::new();
+    e.write_response(&mut out);
+    let _ = conn.stream.write_all(out).await;
+    finish_plain(conn).await;
+}
+
+/// Closes a connection that never became a WebSocket: FIN, then wait briefly for the peer's
+/// EOF so that unread request bytes do not turn the close into a reset that eats our answer.
+async fn finish_plain(conn: &Conn) {
+    let _ = conn.stream.shutdown(Shutdown::Write);
+    conn.set_phase(Phase::Closing);
+    let mut scratch = vec![0u8; 512];
+    let mut total = 0usize;
+    while total < (1 << 20) {
+        let (res, buf) = conn.stream.read(scratch).await;
+        scratch = buf;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    conn.set_phase(Phase::Done);
+}
+
+/// Runs the handler on an open WebSocket, then completes the closing handshake.
+async fn run(ctx: &ThreadCtx, conn: Rc<Conn>, state: RxState) {
+    conn.set_phase(Phase::Open);
+    let writer_task = tokio_uring::spawn(writer(conn.clone()));
+    let ws = WebSocket::new(conn.clone(), state);
+    let result = (ctx.handler)(ws).await;
+    if let Err(e) = &result {
+        tracing::debug!(error = %e, "handler ended with an error");
+    }
+    // The handler dropped its receiver, which handed the read state back.
+    let returned = conn.returned_rx.borrow_mut().take();
+    if !conn.close_queued() && !conn.write_failed() {
+        let code = match result {
+            Ok(()) => CloseCode::NORMAL,
+            Err(_) => CloseCode::INTERNAL_ERROR,
+        };
+        let _ = conn.queue_close(Some(code), "");
+    }
+    if let Some(mut state) = returned {
+        if !conn.close_received.get() && !conn.write_failed() {
+            // We closed first: wait (bounded by the close timeout) for the peer's answer.
+            state.drain(&conn).await;
+        }
+    }
+    conn.writer_finished().await;
+    let _ = writer_task.await;
+    // The server closes the TCP connection first (section 7.1.1): FIN, then wait for the
+    // peer's EOF (bounded by the close timeout) so that the close is not a reset.
+    if !conn.write_failed() {
+        linger(&conn).await;
+    }
+    let _ = conn.stream.shutdown(Shutdown::Both);
+    conn.set_phase(Phase::Done);
+}
+
+/// Half-closes and reads until the peer's EOF, discarding what arrives.
+async fn linger(conn: &Conn) {
+    let _ = conn.stream.shutdown(Shutdown::Write);
+    if conn.phase.get() != Phase::Closing {
+        conn.set_phase(Phase::Closing);
+    }
+    let mut scratch = vec![0u8; 512];
+    let mut total = 0usize;
+    while total < (16 << 20) {
+        let (res, buf) = conn.stream.read(scratch).await;
+        scratch = buf;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+/// The connection's watchdog: the handshake timeout, keep-alive pings, the idle timeout and
+/// the close timeout. Each is enforced by shutting the socket down, which makes the pending
+/// read return 0; an in-flight read is never dropped.
+async fn watchdog(config: std::sync::Arc<crate::server::Config>, conn: Rc<Conn>) {
+    let mut pinged_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let last = conn.last_activity.get();
+        let deadline = match conn.phase.get() {
+            Phase::Open => {
+                if let Some(idle) = config.idle_timeout {
+                    if now >= last + idle {
+                        tracing::debug!("idle timeout; closing with 1001");
+                        let _ = conn.queue_close(Some(CloseCode::GOING_AWAY), "idle timeout");
+                        continue;
+                    }
+                }
+                let mut next = config.idle_timeout.map(|t| last + t);
+                if let Some(every) = config.ping_interval {
+                    let due = last.max(pinged_at.unwrap_or(last)) + every;
+                    if now >= due {
+                        let _ = conn.queue_control(crate::proto::frame::OpCode::Ping, b"");
+                        pinged_at = Some(now);
+                        continue;
+                    }
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+                next
+            }
+            Phase::Handshake | Phase::Closing => {
+                let limit = if conn.phase.get() == Phase::Handshake {
+                    config.handshake_timeout
+                } else {
+                    config.close_timeout
+                };
+                if now >= last + limit {
+                    tracing::debug!(phase = ?conn.phase.get(), "timeout; shutting the socket down");
+                    let _ = conn.stream.shutdown(Shutdown::Both);
+                    return;
+                }
+                Some(last + limit)
+            }
+            Phase::Done => return,
+        };
+        match deadline {
+            Some(d) => tokio::select! {
+                _ = tokio::time::sleep_until(d.into()) => {}
+                _ = conn.wake_watchdog.notified() => {}
+            },
+            None => conn.wake_watchdog.notified().await,
+        }
+    }
+}

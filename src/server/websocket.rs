@@ -1,0 +1,584 @@
+//! One open WebSocket connection over io_uring: the receive half that reads into the
+//! connection's buffer and hands out borrowed messages, the send half with its byte-bounded
+//! queue, and the writer task that owns the socket's single in-flight write.
+//!
+//! Replies are corked: `send` only appends an encoded frame to the queue; the writer task runs
+//! when the handler next waits (typically for the next read), so every reply produced from one
+//! read goes out in one write. Control frames jump the queue.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+use tokio_uring::net::TcpStream;
+
+use crate::error::{Error, Result};
+use crate::proto::close::{write_close_payload, CloseCode};
+use crate::proto::frame::{write_frame, OpCode, MAX_CONTROL_PAYLOAD};
+use crate::proto::message::{Message, Reader, Ready};
+use crate::server::buffers::ReadBuf;
+
+/// The write buffers are released after a write when they grew past this capacity.
+const KEEP_WRITE_CAPACITY: usize = 256 << 10;
+
+/// Facts about a connection, fixed at the handshake.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    /// The peer's address.
+    pub peer_addr: Option<SocketAddr>,
+    /// The request path, e.g. `/chat`.
+    pub path: String,
+    /// The query string without `?`, if any.
+    pub query: Option<String>,
+    /// The `Origin` header, sent by browsers.
+    pub origin: Option<String>,
+    /// The subprotocol agreed in the handshake.
+    pub protocol: Option<String>,
+    /// Every request header, name as sent and raw value.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ConnectionInfo {
+    /// The first value of header `name` (case-insensitive), if it is UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Where the connection is in its life, for the watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Before the 101 (or while serving plain HTTP): the handshake deadline applies.
+    Handshake,
+    /// Messages flow: the idle timeout and keep-alive pings apply.
+    Open,
+    /// A close frame was sent: the close deadline applies.
+    Closing,
+    /// Finished; the watchdog exits.
+    Done,
+}
+
+/// The send queue.
+#[derive(Default)]
+struct Outbox {
+    /// Encoded data frames waiting for the writer.
+    data: Vec<u8>,
+    /// Encoded control frames waiting; written before `data`.
+    control: Vec<u8>,
+    /// Bytes of the write in flight.
+    in_flight: usize,
+    /// A close frame was queued: nothing more may be sent.
+    close_queued: bool,
+    /// The writer stopped (after the close frame, or on an error).
+    writer_done: bool,
+    /// The write side failed; the peer is gone.
+    failed: bool,
+}
+
+/// What the halves and the connection task share.
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    outbox: RefCell<Outbox>,
+    /// Wakes the writer when something is queued.
+    wake_writer: Notify,
+    /// Wakes senders when queue space frees up, and waiters for the writer's end.
+    progress: Notify,
+    /// Wakes the watchdog when the phase or deadline changes.
+    pub(crate) wake_watchdog: Notify,
+    pub(crate) phase: Cell<Phase>,
+    /// When the phase began (handshake, closing) or the last byte arrived (open).
+    pub(crate) last_activity: Cell<Instant>,
+    /// A close frame from the peer was received.
+    pub(crate) close_received: Cell<bool>,
+    /// The high-water mark of the send queue, in bytes.
+    send_limit: usize,
+    /// Receive state handed back when the receiver is dropped, for the closing handshake.
+    pub(crate) returned_rx: RefCell<Option<RxState>>,
+    /// Set once, when the handshake completes.
+    pub(crate) info: OnceCell<ConnectionInfo>,
+    /// Source of mask keys for the client role.
+    mask: Option<RefCell<Box<dyn FnMut() -> [u8; 4]>>>,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        stream: TcpStream,
+        send_limit: usize,
+        mask: Option<Box<dyn FnMut() -> [u8; 4]>>,
+    ) -> Rc<Conn> {
+        Rc::new(Conn {
+            stream,
+            outbox: RefCell::default(),
+            wake_writer: Notify::new(),
+            progress: Notify::new(),
+            wake_watchdog: Notify::new(),
+            phase: Cell::new(Phase::Handshake),
+            last_activity: Cell::new(Instant::now()),
+            close_received: Cell::new(false),
+            send_limit,
+            returned_rx: RefCell::new(None),
+            info: OnceCell::new(),
+            mask: mask.map(RefCell::new),
+        })
+    }
+
+    /// Facts about the connection (empty before the handshake completes).
+    pub(crate) fn info(&self) -> &ConnectionInfo {
+        static EMPTY: ConnectionInfo = ConnectionInfo {
+            peer_addr: None,
+            path: String::new(),
+            query: None,
+            origin: None,
+            protocol: None,
+            headers: Vec::new(),
+        };
+        self.info.get().unwrap_or(&EMPTY)
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.phase.set(phase);
+        self.last_activity.set(Instant::now());
+        self.wake_watchdog.notify_one();
+    }
+
+    fn mask_key(&self) -> Option<[u8; 4]> {
+        self.mask.as_ref().map(|m| (m.borrow_mut())())
+    }
+
+    /// Whether a close frame was queued by this side.
+    pub(crate) fn close_queued(&self) -> bool {
+        self.outbox.borrow().close_queued
+    }
+
+    /// Whether the write side failed.
+    pub(crate) fn write_failed(&self) -> bool {
+        self.outbox.borrow().failed
+    }
+
+    /// Queues a control frame ahead of data. Refused after a close was queued.
+    pub(crate) fn queue_control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+        let mut ob = self.outbox.borrow_mut();
+        if ob.close_queued || ob.failed {
+            return Err(Error::Closed);
+        }
+        let key = self.mask_key();
+        write_frame(&mut ob.control, true, opcode, key, payload);
+        if opcode == OpCode::Close {
+            ob.close_queued = true;
+        }
+        drop(ob);
+        if opcode == OpCode::Close {
+            if self.phase.get() == Phase::Open {
+                self.set_phase(Phase::Closing);
+            }
+            // Waiting senders learn that the connection is closing.
+            self.progress.notify_waiters();
+        }
+        self.wake_writer.notify_one();
+        Ok(())
+    }
+
+    /// Queues a close frame with `code` and `reason` (or an empty one for `None`), unless
+    /// one was already queued.
+    pub(crate) fn queue_close(&self, code: Option<CloseCode>, reason: &str) -> Result<()> {
+        let mut payload = [0u8; 125];
+        let n = write_close_payload(code, reason, &mut payload)?;
+        if self.close_queued() {
+            return Ok(());
+        }
+        self.queue_control(OpCode::Close, &payload[..n])
+    }
+
+    /// Queues a data frame, waiting while the queue is above the high-water mark.
+    async fn queue_data(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+        loop {
+            {
+                let ob = self.outbox.borrow();
+                if ob.close_queued || ob.failed {
+                    return Err(Error::Closed);
+                }
+                if ob.data.len() + ob.in_flight <= self.send_limit {
+                    break;
+                }
+            }
+            // No other task runs between the check above and the first poll of this
+            // future, so the writer's notification cannot be missed.
+            self.progress.notified().await;
+        }
+        let key = self.mask_key();
+        let mut ob = self.outbox.borrow_mut();
+        write_frame(&mut ob.data, true, opcode, key, payload);
+        drop(ob);
+        self.wake_writer.notify_one();
+        Ok(())
+    }
+
+    /// Waits until the writer has stopped (after writing a close frame, or on an error).
+    pub(crate) async fn writer_finished(&self) {
+        while !self.outbox.borrow().writer_done {
+            self.progress.notified().await;
+        }
+    }
+
+    /// Stops the writer once it has written what is queued (used when no close frame will
+    /// be sent, e.g. after the peer vanished).
+    pub(crate) fn stop_writer(&self) {
+        let mut ob = self.outbox.borrow_mut();
+        ob.close_queued = true;
+        drop(ob);
+        self.wake_writer.notify_one();
+    }
+}
+
+/// The writer task: one write in flight at a time, control frames first, every queued frame
+/// coalesced into one `write_all`.
+pub(crate) async fn writer(conn: Rc<Conn>) {
+    let mut spare: Vec<u8> = Vec::new();
+    loop {
+        let batch = {
+            let mut ob = conn.outbox.borrow_mut();
+            if ob.control.is_empty() && ob.data.is_empty() {
+                if ob.close_queued || ob.failed {
+                    ob.writer_done = true;
+                    drop(ob);
+                    conn.progress.notify_waiters();
+                    return;
+                }
+                drop(ob);
+                conn.wake_writer.notified().await;
+                continue;
+            }
+            let ob = &mut *ob;
+            spare.clear();
+            if ob.control.is_empty() {
+                std::mem::swap(&mut spare, &mut ob.data);
+            } else {
+                std::mem::swap(&mut spare, &mut ob.control);
+                spare.extend_from_slice(&ob.data);
+                ob.data.clear();
+            }
+            ob.in_flight = spare.len();
+            std::mem::take(&mut spare)
+        };
+        let (res, buf) = conn.stream.write_all(batch).await;
+        spare = buf;
+        if spare.capacity() > KEEP_WRITE_CAPACITY {
+            spare = Vec::new();
+        }
+        let mut ob = conn.outbox.borrow_mut();
+        ob.in_flight = 0;
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "write failed; the peer is gone");
+            ob.failed = true;
+            ob.writer_done = true;
+            ob.data = Vec::new();
+            ob.control = Vec::new();
+            drop(ob);
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            conn.progress.notify_waiters();
+            return;
+        }
+        drop(ob);
+        conn.progress.notify_waiters();
+    }
+}
+
+/// The receive state: the read buffer with its cursors and the protocol reader.
+pub(crate) struct RxState {
+    pub(crate) buf: ReadBuf,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) reader: Reader,
+    /// The peer's close frame, once received.
+    pub(crate) peer_close: Option<(CloseCode, String)>,
+    /// The receive side ended (close received, protocol error, or EOF).
+    pub(crate) finished: bool,
+}
+
+/// What one step of the receive loop found.
+enum Got {
+    /// A data message is ready at `base`.
+    Data(usize, Ready),
+    /// The stream ended (close received, error handled, or EOF).
+    End,
+}
+
+impl RxState {
+    /// Reads more bytes, compacting first. Returns false at EOF or on a read error.
+    async fn fill(&mut self, conn: &Conn) -> bool {
+        if self.start > 0 {
+            let (start, end) = (self.start, self.end);
+            self.buf.bytes_mut().copy_within(start..end, 0);
+            self.end -= start;
+            self.start = 0;
+        }
+        if self.end >= self.buf.capacity() {
+            // The reader never waits for more than the buffer holds; this is unreachable
+            // unless the buffer is smaller than a control frame.
+            return false;
+        }
+        match self.buf.read_at(&conn.stream, self.end).await {
+            Ok(0) => false,
+            Ok(n) => {
+                self.end += n;
+                conn.last_activity.set(Instant::now());
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "read failed");
+                false
+            }
+        }
+    }
+
+    /// Runs the receive loop until a data message is ready or the stream ends, answering
+    /// pings, recording pongs and handling the close handshake and protocol errors.
+    async fn next(&mut self, conn: &Conn, deliver: bool) -> Result<Got> {
+        loop {
+            if self.finished {
+                return Ok(Got::End);
+            }
+            let base = self.start;
+            let end = self.end;
+            let advance = match self.reader.advance(&mut self.buf.bytes_mut()[base..end]) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, code = e.close_code().0, "protocol error; closing");
+                    self.finished = true;
+                    let _ = conn.queue_close(Some(e.close_code()), "");
+                    return Err(Error::Protocol(e));
+                }
+            };
+            self.start = base + advance.consumed;
+            let Some(ready) = advance.ready else {
+                if !self.fill(conn).await {
+                    self.finished = true;
+                    if conn.close_queued() {
+                        // We closed first and the peer hung up: that ends the handshake.
+                        return Ok(Got::End);
+                    }
+                    conn.stop_writer();
+                    return Err(Error::ConnectionLost);
+                }
+                continue;
+            };
+            match ready.opcode() {
+                OpCode::Ping => {
+                    let msg = self.reader.message(&self.buf.bytes()[base..end], ready);
+                    // After our close, pings are no longer answered (section 5.5.1).
+                    let _ = conn.queue_control(OpCode::Pong, msg.payload());
+                }
+                OpCode::Pong => {}
+                OpCode::Close => {
+                    let msg = self.reader.message(&self.buf.bytes()[base..end], ready);
+                    let Message::Close(frame) = msg else {
+                        unreachable!("a close opcode yields a close message")
+                    };
+                    let (code, reason) = match frame {
+                        Some(f) => (Some(f.code), f.reason.to_owned()),
+                        None => (None, String::new()),
+                    };
+                    tracing::debug!(code = code.map(|c| c.0), "close received");
+                    self.peer_close = Some((code.unwrap_or(CloseCode::NO_STATUS), reason));
+                    conn.close_received.set(true);
+                    // Echo the status code (section 5.5.1), or send an empty close.
+                    let _ = conn.queue_close(code, "");
+                    self.finished = true;
+                    return Ok(Got::End);
+                }
+                _ if deliver && !conn.close_queued() => return Ok(Got::Data(base, ready)),
+                // After our close frame, data is discarded while we wait for the peer's.
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads and discards messages until the peer's close frame or the end of the stream.
+    pub(crate) async fn drain(&mut self, conn: &Conn) {
+        while let Ok(Got::Data(..)) = self.next(conn, false).await {}
+    }
+}
+
+/// The receiving half of a WebSocket.
+pub struct Receiver {
+    conn: Rc<Conn>,
+    state: RxState,
+}
+
+impl Receiver {
+    /// Waits for the next text or binary message. Pings are answered and pongs consumed on
+    /// the way. Returns `Ok(None)` once the peer's close frame arrived (after this side's
+    /// answer was queued; see [`Receiver::close_frame`]), or after this side closed and the
+    /// peer answered.
+    ///
+    /// A protocol violation by the peer closes the connection with the matching code (1002,
+    /// 1007, 1009) and returns [`Error::Protocol`]; a peer that vanishes gives
+    /// [`Error::ConnectionLost`].
+    ///
+    /// The message borrows this receiver's buffer: drop it before the next `recv`, or copy it
+    /// with [`Message::into_owned`].
+    pub async fn recv(&mut self) -> Result<Option<Message<'_>>> {
+        match self.state.next(&self.conn, true).await? {
+            Got::End => Ok(None),
+            Got::Data(base, ready) => {
+                let end = self.state.end;
+                Ok(Some(
+                    self.state
+                        .reader
+                        .message(&self.state.buf.bytes()[base..end], ready),
+                ))
+            }
+        }
+    }
+
+    /// The peer's close frame (code and reason), once received. A close without status reads
+    /// as 1005.
+    pub fn close_frame(&self) -> Option<(CloseCode, &str)> {
+        self.state
+            .peer_close
+            .as_ref()
+            .map(|(c, r)| (*c, r.as_str()))
+    }
+
+    /// Facts about the connection.
+    pub fn info(&self) -> &ConnectionInfo {
+        self.conn.info()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        // Hand the read state back so the connection can finish the closing handshake.
+        let config = *self.state.reader.config();
+        let state = std::mem::replace(
+            &mut self.state,
+            RxState {
+                buf: ReadBuf::Taken,
+                start: 0,
+                end: 0,
+                reader: Reader::new(config),
+                peer_close: None,
+                finished: true,
+            },
+        );
+        *self.conn.returned_rx.borrow_mut() = Some(state);
+    }
+}
+
+/// The sending half of a WebSocket. Cheap to clone; every clone feeds the same queue.
+#[derive(Clone)]
+pub struct Sender {
+    conn: Rc<Conn>,
+}
+
+impl Sender {
+    /// Sends a message: text and binary are queued behind earlier messages (waiting while the
+    /// queue is above its limit); ping and pong go ahead of queued data; a close starts the
+    /// closing handshake (a missing status sends an empty close frame).
+    ///
+    /// The payload is copied once, into the send queue. Fails with [`Error::Closed`] once a
+    /// close frame was queued or the connection failed.
+    pub async fn send(&self, message: Message<'_>) -> Result<()> {
+        match message {
+            Message::Text(s) => self.conn.queue_data(OpCode::Text, s.as_bytes()).await,
+            Message::Binary(b) => self.conn.queue_data(OpCode::Binary, b).await,
+            Message::Ping(p) => self.control(OpCode::Ping, p),
+            Message::Pong(p) => self.control(OpCode::Pong, p),
+            Message::Close(None) => self.conn.queue_close(None, ""),
+            Message::Close(Some(f)) => self.close(f.code, f.reason),
+        }
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(&self, text: &str) -> Result<()> {
+        self.conn.queue_data(OpCode::Text, text.as_bytes()).await
+    }
+
+    /// Sends a binary message.
+    pub async fn send_binary(&self, data: &[u8]) -> Result<()> {
+        self.conn.queue_data(OpCode::Binary, data).await
+    }
+
+    /// Sends a ping (at most 125 bytes), ahead of queued data.
+    pub fn ping(&self, payload: &[u8]) -> Result<()> {
+        self.control(OpCode::Ping, payload)
+    }
+
+    /// Starts the closing handshake with `code` and `reason` (at most 123 bytes). Codes that
+    /// may not be sent (1005, 1006, 1015, reserved ranges) are refused. Receiving continues
+    /// until the peer answers; data that arrives meanwhile is discarded.
+    pub fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
+        if self.conn.close_queued() {
+            return Err(Error::Closed);
+        }
+        self.conn.queue_close(Some(code), reason)
+    }
+
+    /// Whether the connection is closing or closed (nothing more can be sent).
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_queued() || self.conn.write_failed()
+    }
+
+    /// Facts about the connection.
+    pub fn info(&self) -> &ConnectionInfo {
+        self.conn.info()
+    }
+
+    fn control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(Error::ControlTooLong);
+        }
+        self.conn.queue_control(opcode, payload)
+    }
+}
+
+/// An open WebSocket connection, as handed to the server's handler.
+///
+/// Use [`WebSocket::split`] to receive and send at the same time: a received message
+/// borrows the receiver's buffer, and the sender can reply while holding it.
+pub struct WebSocket {
+    rx: Receiver,
+    tx: Sender,
+}
+
+impl WebSocket {
+    pub(crate) fn new(conn: Rc<Conn>, state: RxState) -> Self {
+        WebSocket {
+            rx: Receiver {
+                conn: conn.clone(),
+                state,
+            },
+            tx: Sender { conn },
+        }
+    }
+
+    /// Splits into the receiving and the sending half.
+    pub fn split(self) -> (Receiver, Sender) {
+        (self.rx, self.tx)
+    }
+
+    /// Waits for the next message; see [`Receiver::recv`].
+    pub async fn recv(&mut self) -> Result<Option<Message<'_>>> {
+        self.rx.recv().await
+    }
+
+    /// Sends a message; see [`Sender::send`]. To reply with a received message, split first.
+    pub async fn send(&self, message: Message<'_>) -> Result<()> {
+        self.tx.send(message).await
+    }
+
+    /// Starts the closing handshake; see [`Sender::close`].
+    pub fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
+        self.tx.close(code, reason)
+    }
+
+    /// Facts about the connection (path, query, origin, subprotocol, headers).
+    pub fn info(&self) -> &ConnectionInfo {
+        self.tx.conn.info()
+    }
+}
