@@ -160,16 +160,20 @@ impl Conn {
         self.outbox.borrow().failed
     }
 
-    /// Queues a control frame ahead of data. Refused after a close was queued.
+    /// Queues a control frame: ping and pong ahead of queued data, close behind it.
+    /// Refused after a close was queued.
     pub(crate) fn queue_control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
         let mut ob = self.outbox.borrow_mut();
         if ob.close_queued || ob.failed {
             return Err(Error::Closed);
         }
         let key = self.mask_key();
-        write_frame(&mut ob.control, true, opcode, key, payload);
         if opcode == OpCode::Close {
+            // The close frame is the last frame: it goes behind queued data, not ahead.
+            write_frame(&mut ob.data, true, opcode, key, payload);
             ob.close_queued = true;
+        } else {
+            write_frame(&mut ob.control, true, opcode, key, payload);
         }
         drop(ob);
         if opcode == OpCode::Close {
