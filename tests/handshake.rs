@@ -60,6 +60,7 @@ fn malformed_handshakes_get_their_status() {
     let mut c = Client::connect(addr);
     c.send(true, uringws::proto::frame::OpCode::Text, b"still here");
     assert_eq!(c.read_frame().unwrap().payload, b"still here");
+    drop(c);
     server.shutdown().unwrap();
 }
 
@@ -123,5 +124,6 @@ fn check_refuses_and_subprotocol_is_chosen() {
     let n = s.read(&mut head).unwrap();
     let head = String::from_utf8_lossy(&head[..n]);
     assert!(head.contains("Sec-WebSocket-Protocol: chat\r\n"), "{head}");
+    drop((c, s));
     server.shutdown().unwrap();
 }

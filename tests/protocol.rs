@@ -82,6 +82,7 @@ fn violations_close_with_their_code() {
     let mut c = Client::connect(addr);
     c.send(true, OpCode::Text, b"ok");
     assert_eq!(c.read_frame().unwrap().payload, b"ok");
+    drop(c);
     server.shutdown().unwrap();
 }
 
@@ -113,6 +114,7 @@ fn ping_pong_and_close_handshakes() {
     let mut c = Client::connect(addr);
     c.send(true, OpCode::Close, b"");
     assert_eq!(c.expect_close(), None);
+    drop(c);
     server.shutdown().unwrap();
 }
 
@@ -143,5 +145,6 @@ fn server_initiated_close_waits_for_the_peer() {
     );
     c.send(true, OpCode::Close, &4000u16.to_be_bytes());
     c.expect_eof();
+    drop(c);
     server.shutdown().unwrap();
 }

@@ -1,0 +1,151 @@
+//! Timeouts, backpressure and graceful shutdown, over real sockets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use uringws::proto::frame::OpCode;
+
+#[test]
+fn half_a_handshake_is_dropped_at_the_timeout() {
+    let app = local(1).handshake_timeout(Duration::from_millis(300));
+    let Some(server) = start(app) else { return };
+    let mut s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgr").unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server should close without answering");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "closed too late: {waited:?}"
+    );
+    // A client that connects and sends nothing is dropped too.
+    let mut s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn idle_connections_get_pinged_then_closed() {
+    let app = local(1)
+        .ping_interval(Some(Duration::from_millis(200)))
+        .idle_timeout(Some(Duration::from_millis(700)));
+    let Some(server) = start(app) else { return };
+    let mut c = Client::connect(server.local_addr());
+    let ping = c.read_frame().unwrap();
+    assert_eq!(ping.opcode, 9, "a keep-alive ping");
+    // Never answering: the idle timeout closes with 1001.
+    assert_eq!(c.expect_close(), Some(1001));
+    drop(c);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_client_that_never_reads_is_bounded_by_the_send_queue() {
+    let queued = Arc::new(AtomicUsize::new(0));
+    let q = queued.clone();
+    let handler = move |ws: uringws::WebSocket| {
+        let q = q.clone();
+        async move {
+            let (_rx, tx) = ws.split();
+            let chunk = vec![7u8; 64 << 10];
+            loop {
+                tx.send_binary(&chunk).await?;
+                q.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+        }
+    };
+    let app = local(1)
+        .send_queue_limit(256 << 10)
+        .idle_timeout(Some(Duration::from_secs(2)));
+    let Some(server) = start_with(app, handler) else {
+        return;
+    };
+    let c = Client::connect(server.local_addr());
+    std::thread::sleep(Duration::from_millis(800));
+    let first = queued.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(400));
+    let second = queued.load(Ordering::Relaxed);
+    assert_eq!(first, second, "send kept queueing without the peer reading");
+    // The queue limit plus the kernel's socket buffers, nothing like unbounded.
+    assert!(second < 64 << 20, "{second} bytes queued");
+    assert!(second > 0);
+    // The idle timeout (nothing received) eventually ends the stuck connection.
+    let t = Instant::now();
+    while server.connections() > 0 && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        server.connections(),
+        0,
+        "the stuck connection was not dropped"
+    );
+    drop(c);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn graceful_shutdown_closes_with_1001() {
+    let Some(server) = start(local(2)) else {
+        return;
+    };
+    let addr = server.local_addr();
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(addr)).collect();
+    for c in &mut clients {
+        c.send(true, OpCode::Text, b"x");
+        assert_eq!(c.read_frame().unwrap().payload, b"x");
+    }
+    let handle = server.shutdown_handle();
+    let joiner = std::thread::spawn(move || server.join());
+    handle.shutdown();
+    for c in &mut clients {
+        let close = c.read_frame().unwrap();
+        assert_eq!(close.opcode, 8);
+        assert_eq!(
+            u16::from_be_bytes([close.payload[0], close.payload[1]]),
+            1001
+        );
+        c.send(true, OpCode::Close, &1001u16.to_be_bytes());
+        c.expect_eof();
+    }
+    drop(clients);
+    let t = Instant::now();
+    joiner.join().unwrap().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn connection_limit_answers_503() {
+    let Some(server) = start(local(1).max_connections(2)) else {
+        return;
+    };
+    let addr = server.local_addr();
+    let a = Client::connect(addr);
+    let b = Client::connect(addr);
+    let r = http_exchange(addr, upgrade_request("/", "").as_bytes());
+    assert_eq!(r.status, 503);
+    drop((a, b));
+    let t = Instant::now();
+    while server.connections() > 0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Client::connect(addr);
+    c.send(true, OpCode::Text, b"room again");
+    assert_eq!(c.read_frame().unwrap().payload, b"room again");
+    drop(c);
+    server.shutdown().unwrap();
+}
