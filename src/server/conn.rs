@@ -4,7 +4,6 @@
 
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
-use std::time::Instant;
 
 use tokio_uring::net::TcpStream;
 
@@ -13,7 +12,9 @@ use crate::proto::frame::Role;
 use crate::proto::handshake::{self, Handshake, HeadScanner, UpgradeRequest};
 use crate::proto::message::{Reader, ReaderConfig};
 use crate::server::buffers::ReadBuf;
-use crate::server::websocket::{writer, Conn, ConnectionInfo, Phase, RxState, WebSocket};
+use crate::server::websocket::{
+    finish, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, WebSocket,
+};
 use crate::server::{HttpResponse, ThreadCtx};
 
 /// Serves one accepted connection to the end.
@@ -22,9 +23,14 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
     let buf = ctx.buffers.checkout();
     let id = ctx.next_id();
     tracing::trace!(%peer, id, "accepted");
-    let conn = Conn::new(stream, ctx.config.send_queue_limit, None);
+    let conn = Conn::new(
+        stream,
+        ctx.config.send_queue_limit,
+        ctx.config.timeouts(),
+        None,
+    );
     ctx.register(id, conn.clone());
-    tokio_uring::spawn(watchdog(ctx.config.clone(), conn.clone()));
+    tokio_uring::spawn(watchdog(conn.clone()));
     if let Some(state) = handshake(&ctx, &conn, buf, peer).await {
         run(&ctx, conn, state).await;
     }
@@ -223,100 +229,10 @@ async fn run(ctx: &ThreadCtx, conn: Rc<Conn>, state: RxState) {
     if let Err(e) = &result {
         tracing::debug!(error = %e, "handler ended with an error");
     }
-    // The handler dropped its receiver, which handed the read state back.
-    let returned = conn.returned_rx.borrow_mut().take();
-    if !conn.close_queued() && !conn.write_failed() {
-        let code = match result {
-            Ok(()) => CloseCode::NORMAL,
-            Err(_) => CloseCode::INTERNAL_ERROR,
-        };
-        let _ = conn.queue_close(Some(code), "");
-    }
-    if let Some(mut state) = returned {
-        if !conn.close_received.get() && !conn.write_failed() {
-            // We closed first: wait (bounded by the close timeout) for the peer's answer.
-            state.drain(&conn).await;
-        }
-    }
-    conn.writer_finished().await;
+    let code = match result {
+        Ok(()) => CloseCode::NORMAL,
+        Err(_) => CloseCode::INTERNAL_ERROR,
+    };
+    finish(&conn, code).await;
     let _ = writer_task.await;
-    // The server closes the TCP connection first (section 7.1.1): FIN, then wait for the
-    // peer's EOF (bounded by the close timeout) so that the close is not a reset.
-    if !conn.write_failed() {
-        linger(&conn).await;
-    }
-    let _ = conn.stream.shutdown(Shutdown::Both);
-    conn.set_phase(Phase::Done);
-}
-
-/// Half-closes and reads until the peer's EOF, discarding what arrives.
-async fn linger(conn: &Conn) {
-    let _ = conn.stream.shutdown(Shutdown::Write);
-    if conn.phase.get() != Phase::Closing {
-        conn.set_phase(Phase::Closing);
-    }
-    let mut scratch = vec![0u8; 512];
-    let mut total = 0usize;
-    while total < (16 << 20) {
-        let (res, buf) = conn.stream.read(scratch).await;
-        scratch = buf;
-        match res {
-            Ok(0) | Err(_) => break,
-            Ok(n) => total += n,
-        }
-    }
-}
-
-/// The connection's watchdog: the handshake timeout, keep-alive pings, the idle timeout and
-/// the close timeout. Each is enforced by shutting the socket down, which makes the pending
-/// read return 0; an in-flight read is never dropped.
-async fn watchdog(config: std::sync::Arc<crate::server::Config>, conn: Rc<Conn>) {
-    let mut pinged_at: Option<Instant> = None;
-    loop {
-        let now = Instant::now();
-        let last = conn.last_activity.get();
-        let deadline = match conn.phase.get() {
-            Phase::Open => {
-                if let Some(idle) = config.idle_timeout {
-                    if now >= last + idle {
-                        tracing::debug!("idle timeout; closing with 1001");
-                        let _ = conn.queue_close(Some(CloseCode::GOING_AWAY), "idle timeout");
-                        continue;
-                    }
-                }
-                let mut next = config.idle_timeout.map(|t| last + t);
-                if let Some(every) = config.ping_interval {
-                    let due = last.max(pinged_at.unwrap_or(last)) + every;
-                    if now >= due {
-                        let _ = conn.queue_control(crate::proto::frame::OpCode::Ping, b"");
-                        pinged_at = Some(now);
-                        continue;
-                    }
-                    next = Some(next.map_or(due, |n| n.min(due)));
-                }
-                next
-            }
-            Phase::Handshake | Phase::Closing => {
-                let limit = if conn.phase.get() == Phase::Handshake {
-                    config.handshake_timeout
-                } else {
-                    config.close_timeout
-                };
-                if now >= last + limit {
-                    tracing::debug!(phase = ?conn.phase.get(), "timeout; shutting the socket down");
-                    let _ = conn.stream.shutdown(Shutdown::Both);
-                    return;
-                }
-                Some(last + limit)
-            }
-            Phase::Done => return,
-        };
-        match deadline {
-            Some(d) => tokio::select! {
-                _ = tokio::time::sleep_until(d.into()) => {}
-                _ = conn.wake_watchdog.notified() => {}
-            },
-            None => conn.wake_watchdog.notified().await,
-        }
-    }
 }

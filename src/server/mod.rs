@@ -91,6 +91,17 @@ pub struct Config {
     pub accepts_in_flight: usize,
 }
 
+impl Config {
+    pub(crate) fn timeouts(&self) -> websocket::Timeouts {
+        websocket::Timeouts {
+            handshake: self.handshake_timeout,
+            idle: self.idle_timeout,
+            ping: self.ping_interval,
+            close: self.close_timeout,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

@@ -7,9 +7,10 @@
 //! read goes out in one write. Control frames jump the queue.
 
 use std::cell::{Cell, OnceCell, RefCell};
+use std::net::Shutdown;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
@@ -63,6 +64,19 @@ pub(crate) enum Phase {
     Done,
 }
 
+/// The timeouts a connection's watchdog enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// From accept (or connect) to a complete handshake.
+    pub(crate) handshake: Duration,
+    /// Nothing received for this long closes with 1001.
+    pub(crate) idle: Option<Duration>,
+    /// Nothing received for this long sends a ping.
+    pub(crate) ping: Option<Duration>,
+    /// After a close frame was sent, time allowed for the peer's close and EOF.
+    pub(crate) close: Duration,
+}
+
 /// The send queue.
 #[derive(Default)]
 struct Outbox {
@@ -97,6 +111,7 @@ pub(crate) struct Conn {
     pub(crate) close_received: Cell<bool>,
     /// The high-water mark of the send queue, in bytes.
     send_limit: usize,
+    pub(crate) timeouts: Timeouts,
     /// Receive state handed back when the receiver is dropped, for the closing handshake.
     pub(crate) returned_rx: RefCell<Option<RxState>>,
     /// Set once, when the handshake completes.
@@ -109,6 +124,7 @@ impl Conn {
     pub(crate) fn new(
         stream: TcpStream,
         send_limit: usize,
+        timeouts: Timeouts,
         mask: Option<Box<dyn FnMut() -> [u8; 4]>>,
     ) -> Rc<Conn> {
         Rc::new(Conn {
@@ -121,6 +137,7 @@ impl Conn {
             last_activity: Cell::new(Instant::now()),
             close_received: Cell::new(false),
             send_limit,
+            timeouts,
             returned_rx: RefCell::new(None),
             info: OnceCell::new(),
             mask: mask.map(RefCell::new),
@@ -584,5 +601,103 @@ impl WebSocket {
     /// Facts about the connection (path, query, origin, subprotocol, headers).
     pub fn info(&self) -> &ConnectionInfo {
         self.tx.conn.info()
+    }
+}
+
+/// Ends an open connection: queues a close with `code` unless one was sent, waits (bounded by
+/// the close timeout) for the peer's close when this side closed first, lets the writer
+/// finish, then half-closes and waits for the peer's end so that the close is not a reset.
+pub(crate) async fn finish(conn: &Conn, code: CloseCode) {
+    // The application dropped its receiver, which handed the read state back.
+    let returned = conn.returned_rx.borrow_mut().take();
+    if !conn.close_queued() && !conn.write_failed() {
+        let _ = conn.queue_close(Some(code), "");
+    }
+    if let Some(mut state) = returned {
+        if !conn.close_received.get() && !conn.write_failed() {
+            // We closed first: wait (bounded by the close timeout) for the peer's answer.
+            state.drain(conn).await;
+        }
+    }
+    conn.writer_finished().await;
+    // The server closes the TCP connection first (section 7.1.1): FIN, then wait for the
+    // peer's EOF (bounded by the close timeout).
+    if !conn.write_failed() {
+        linger(conn).await;
+    }
+    let _ = conn.stream.shutdown(Shutdown::Both);
+    conn.set_phase(Phase::Done);
+}
+
+/// Half-closes and reads until the peer's EOF, discarding what arrives.
+pub(crate) async fn linger(conn: &Conn) {
+    let _ = conn.stream.shutdown(Shutdown::Write);
+    if conn.phase.get() != Phase::Closing {
+        conn.set_phase(Phase::Closing);
+    }
+    let mut scratch = vec![0u8; 512];
+    let mut total = 0usize;
+    while total < (16 << 20) {
+        let (res, buf) = conn.stream.read(scratch).await;
+        scratch = buf;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+/// The connection's watchdog: the handshake timeout, keep-alive pings, the idle timeout and
+/// the close timeout. Each is enforced by shutting the socket down, which makes the pending
+/// read return 0; an in-flight read is never dropped.
+pub(crate) async fn watchdog(conn: Rc<Conn>) {
+    let config = conn.timeouts;
+    let mut pinged_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let last = conn.last_activity.get();
+        let deadline = match conn.phase.get() {
+            Phase::Open => {
+                if let Some(idle) = config.idle {
+                    if now >= last + idle {
+                        tracing::debug!("idle timeout; closing with 1001");
+                        let _ = conn.queue_close(Some(CloseCode::GOING_AWAY), "idle timeout");
+                        continue;
+                    }
+                }
+                let mut next = config.idle.map(|t| last + t);
+                if let Some(every) = config.ping {
+                    let due = last.max(pinged_at.unwrap_or(last)) + every;
+                    if now >= due {
+                        let _ = conn.queue_control(OpCode::Ping, b"");
+                        pinged_at = Some(now);
+                        continue;
+                    }
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+                next
+            }
+            Phase::Handshake | Phase::Closing => {
+                let limit = if conn.phase.get() == Phase::Handshake {
+                    config.handshake
+                } else {
+                    config.close
+                };
+                if now >= last + limit {
+                    tracing::debug!(phase = ?conn.phase.get(), "timeout; shutting the socket down");
+                    let _ = conn.stream.shutdown(Shutdown::Both);
+                    return;
+                }
+                Some(last + limit)
+            }
+            Phase::Done => return,
+        };
+        match deadline {
+            Some(d) => tokio::select! {
+                _ = tokio::time::sleep_until(d.into()) => {}
+                _ = conn.wake_watchdog.notified() => {}
+            },
+            None => conn.wake_watchdog.notified().await,
+        }
     }
 }
