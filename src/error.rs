@@ -28,6 +28,9 @@ pub enum Error {
     /// A ping or pong payload over 125 bytes.
     #[error("control frame payload over 125 bytes")]
     ControlTooLong,
+    /// The server refused the upgrade or answered it wrongly (client role).
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] crate::proto::handshake::ClientHandshakeError),
     /// io_uring cannot be set up in this process (seccomp, sysctl or kernel).
     #[error("{0}")]
     IoUringUnavailable(String),

@@ -23,6 +23,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod client;
 mod error;
 pub mod proto;
 pub mod server;

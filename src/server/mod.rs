@@ -15,9 +15,9 @@
 //! # Ok::<(), uringws::Error>(())
 //! ```
 
-mod buffers;
+pub(crate) mod buffers;
 mod conn;
-mod websocket;
+pub(crate) mod websocket;
 
 pub use websocket::{ConnectionInfo, Receiver, Sender, WebSocket};
 

@@ -114,6 +114,8 @@ pub(crate) struct Conn {
     pub(crate) timeouts: Timeouts,
     /// Receive state handed back when the receiver is dropped, for the closing handshake.
     pub(crate) returned_rx: RefCell<Option<RxState>>,
+    /// Signalled when the receiver is dropped.
+    rx_dropped: Notify,
     /// Set once, when the handshake completes.
     pub(crate) info: OnceCell<ConnectionInfo>,
     /// Source of mask keys for the client role.
@@ -139,6 +141,7 @@ impl Conn {
             send_limit,
             timeouts,
             returned_rx: RefCell::new(None),
+            rx_dropped: Notify::new(),
             info: OnceCell::new(),
             mask: mask.map(RefCell::new),
         })
@@ -165,6 +168,13 @@ impl Conn {
 
     fn mask_key(&self) -> Option<[u8; 4]> {
         self.mask.as_ref().map(|m| (m.borrow_mut())())
+    }
+
+    /// Waits until the receiver has been dropped (and its state handed back).
+    pub(crate) async fn receiver_dropped(&self) {
+        while self.returned_rx.borrow().is_none() {
+            self.rx_dropped.notified().await;
+        }
     }
 
     /// Whether a close frame was queued by this side.
@@ -488,6 +498,7 @@ impl Drop for Receiver {
             },
         );
         *self.conn.returned_rx.borrow_mut() = Some(state);
+        self.conn.rx_dropped.notify_one();
     }
 }
 

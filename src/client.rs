@@ -1,0 +1,396 @@
+//! The client role over tokio-uring: connect to a `ws://` URL, validate the server's 101, and
+//! talk with the same [`WebSocket`] API as the server side. Every frame is masked with a fresh
+//! key from a ChaCha-based generator seeded once from the OS (no system call per frame).
+//!
+//! ```no_run
+//! uringws::client::block_on(async {
+//!     let ws = uringws::client::connect("ws://127.0.0.1:9001/").await?;
+//!     let (mut rx, tx) = ws.split();
+//!     tx.send_text("Hello, World!").await?;
+//!     if let Some(reply) = rx.recv().await? {
+//!         println!("{reply:?}");
+//!     }
+//!     tx.close(uringws::CloseCode::NORMAL, "")?;
+//!     while rx.recv().await?.is_some() {}
+//!     Ok::<(), uringws::Error>(())
+//! })??;
+//! # Ok::<(), uringws::Error>(())
+//! ```
+
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use tokio_uring::net::TcpStream;
+
+use crate::error::{io_uring_unavailable, Error, Result};
+use crate::proto::close::CloseCode;
+use crate::proto::frame::Role;
+use crate::proto::handshake::{self, HeadScanner};
+use crate::proto::message::{Reader, ReaderConfig, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
+use crate::server::buffers::ReadBuf;
+use crate::server::websocket::{
+    finish, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, Timeouts,
+};
+use crate::server::WebSocket;
+
+/// Runs `future` on a new tokio-uring runtime on this thread, for programs that are only
+/// clients. Fails with [`Error::IoUringUnavailable`] when io_uring cannot be set up.
+pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
+    let rt =
+        tokio_uring::Runtime::new(&tokio_uring::builder()).map_err(|e| io_uring_unavailable(&e))?;
+    Ok(rt.block_on(future))
+}
+
+/// Connects to `url` (`ws://host[:port][/path][?query]`) with the default [`Connector`].
+/// Must run inside a tokio-uring runtime (see [`block_on`]).
+pub async fn connect(url: &str) -> Result<WebSocket> {
+    Connector::new().connect(url).await
+}
+
+/// Client options. Defaults: no subprotocols or extra headers, 10 s to connect and complete
+/// the handshake, 5 s close timeout, no idle timeout, 16 MiB frames, 64 MiB messages, 64 KiB
+/// read buffer, 1 MiB send queue.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    protocols: Vec<String>,
+    headers: Vec<(String, String)>,
+    timeouts: Timeouts,
+    max_frame: u64,
+    max_message: u64,
+    read_buffer_size: usize,
+    send_queue_limit: usize,
+}
+
+impl Default for Connector {
+    fn default() -> Self {
+        Connector {
+            protocols: Vec::new(),
+            headers: Vec::new(),
+            timeouts: Timeouts {
+                handshake: Duration::from_secs(10),
+                idle: None,
+                ping: None,
+                close: Duration::from_secs(5),
+            },
+            max_frame: DEFAULT_MAX_FRAME,
+            max_message: DEFAULT_MAX_MESSAGE,
+            read_buffer_size: 64 << 10,
+            send_queue_limit: 1 << 20,
+        }
+    }
+}
+
+/// The parts of a `ws://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port (default 80).
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub resource: String,
+}
+
+impl Url {
+    /// Parses `ws://host[:port][/path][?query]`. `wss://` is refused: TLS is out of scope.
+    pub fn parse(url: &str) -> Result<Url> {
+        let bad = |why: &str| Error::Config(format!("bad WebSocket URL {url:?}: {why}"));
+        let rest = if let Some(r) = strip_prefix_ci(url, "ws://") {
+            r
+        } else if strip_prefix_ci(url, "wss://").is_some() {
+            return Err(bad(
+                "wss:// (TLS) is not supported; use ws:// or a TLS proxy",
+            ));
+        } else {
+            return Err(bad("the scheme must be ws://"));
+        };
+        let (authority, resource) = match rest.find(['/', '?', '#']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let resource = resource.split('#').next().unwrap_or("/");
+        let resource = if resource.starts_with('?') {
+            format!("/{resource}")
+        } else if resource.is_empty() {
+            "/".to_owned()
+        } else {
+            resource.to_owned()
+        };
+        if authority.contains('@') {
+            return Err(bad("user information is not supported"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+            None => 80,
+        };
+        if !resource.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad(
+                "the path must be ASCII without spaces (percent-encode it)",
+            ));
+        }
+        Ok(Url {
+            host: host.to_owned(),
+            port,
+            resource,
+        })
+    }
+
+    /// The `Host` header value.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == 80 {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+impl Connector {
+    /// The default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Offers these subprotocols, in order of preference.
+    pub fn protocols<S: Into<String>>(mut self, p: impl IntoIterator<Item = S>) -> Self {
+        self.protocols = p.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds a header to the upgrade request (e.g. `Origin`, `Authorization`).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Time allowed to connect and complete the handshake (default 10 s).
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.timeouts.handshake = t;
+        self
+    }
+
+    /// Time allowed for the server's close after ours (default 5 s).
+    pub fn close_timeout(mut self, t: Duration) -> Self {
+        self.timeouts.close = t;
+        self
+    }
+
+    /// Closes with 1001 after receiving nothing for this long (default: never).
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.timeouts.idle = t;
+        self
+    }
+
+    /// Largest frame and message the client accepts (defaults 16 MiB and 64 MiB).
+    pub fn max_sizes(mut self, frame: u64, message: u64) -> Self {
+        self.max_frame = frame;
+        self.max_message = message;
+        self
+    }
+
+    /// Read buffer size (default 64 KiB, minimum 256 bytes).
+    pub fn read_buffer_size(mut self, n: usize) -> Self {
+        self.read_buffer_size = n.max(256);
+        self
+    }
+
+    /// Connects to `url` and completes the opening handshake. Must run inside a tokio-uring
+    /// runtime. Errors: [`Error::Config`] for a bad or `wss://` URL, [`Error::Io`] when the
+    /// connection fails or times out, [`Error::Handshake`] when the server refuses or answers
+    /// wrongly.
+    pub async fn connect(&self, url: &str) -> Result<WebSocket> {
+        let url = Url::parse(url)?;
+        let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port).to_socket_addrs()?.collect();
+        let mut last_err = None;
+        let mut stream = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    stream = Some((s, addr));
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let Some((stream, peer)) = stream else {
+            return Err(Error::Io(last_err.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address")
+            })));
+        };
+        let _ = stream.set_nodelay(true);
+        let mut rng = rand::rngs::StdRng::from_entropy();
+        let key = handshake::client_key(rng.gen());
+        let protocols: Vec<&str> = self.protocols.iter().map(String::as_str).collect();
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let mut request = Vec::new();
+        handshake::write_client_request(
+            &url.authority(),
+            &url.resource,
+            &key,
+            &protocols,
+            &headers,
+            &mut request,
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let conn = Conn::new(
+            stream,
+            self.send_queue_limit,
+            self.timeouts,
+            Some(Box::new(move || rng.gen())),
+        );
+        tokio_uring::spawn(watchdog(conn.clone()));
+        let (res, _) = conn.stream.write_all(request).await;
+        if let Err(e) = res {
+            conn.set_phase(Phase::Done);
+            return Err(Error::Io(e));
+        }
+        let mut buf = ReadBuf::Heap(vec![0u8; self.read_buffer_size]);
+        let mut scanner = HeadScanner::new(handshake::DEFAULT_MAX_REQUEST.min(buf.capacity()));
+        let mut end = 0;
+        let head_len = loop {
+            match scanner.scan(&buf.bytes()[..end]) {
+                Ok(Some(n)) => break n,
+                Ok(None) => {}
+                Err(_) => {
+                    conn.set_phase(Phase::Done);
+                    return Err(Error::Handshake(
+                        handshake::ClientHandshakeError::Malformed("response head too large"),
+                    ));
+                }
+            }
+            match buf.read_at(&conn.stream, end).await {
+                Ok(0) => {
+                    let timed_out = conn.phase.get() == Phase::Handshake
+                        && conn.last_activity.get().elapsed() >= self.timeouts.handshake;
+                    conn.set_phase(Phase::Done);
+                    return Err(Error::Io(std::io::Error::new(
+                        if timed_out {
+                            std::io::ErrorKind::TimedOut
+                        } else {
+                            std::io::ErrorKind::UnexpectedEof
+                        },
+                        if timed_out {
+                            "the handshake timed out"
+                        } else {
+                            "the server closed the connection during the handshake"
+                        },
+                    )));
+                }
+                Ok(n) => end += n,
+                Err(e) => {
+                    conn.set_phase(Phase::Done);
+                    return Err(Error::Io(e));
+                }
+            }
+        };
+        let response =
+            match handshake::check_response(&buf.bytes()[..head_len], &key, &protocols, &[]) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                    conn.set_phase(Phase::Done);
+                    return Err(Error::Handshake(e));
+                }
+            };
+        let info = ConnectionInfo {
+            peer_addr: Some(peer),
+            path: url.resource.split('?').next().unwrap_or("/").to_owned(),
+            query: url.resource.split_once('?').map(|(_, q)| q.to_owned()),
+            origin: None,
+            protocol: response.protocol.map(str::to_owned),
+            headers: response
+                .headers
+                .iter()
+                .map(|h| (h.name.to_owned(), h.value.to_vec()))
+                .collect(),
+        };
+        let _ = conn.info.set(info);
+        let reader = Reader::new(ReaderConfig {
+            max_frame: self.max_frame,
+            max_message: self.max_message,
+            inline_limit: buf.capacity(),
+            ..ReaderConfig::new(Role::Client)
+        });
+        let state = RxState {
+            buf,
+            start: head_len,
+            end,
+            reader,
+            peer_close: None,
+            finished: false,
+        };
+        conn.set_phase(Phase::Open);
+        tokio_uring::spawn(writer(conn.clone()));
+        tokio_uring::spawn(closer(conn.clone()));
+        Ok(WebSocket::new(conn, state))
+    }
+}
+
+/// Completes the closing handshake once the application drops its receiver.
+async fn closer(conn: Rc<Conn>) {
+    conn.receiver_dropped().await;
+    finish(&conn, CloseCode::NORMAL).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = Url::parse("ws://127.0.0.1:9001/chat?x=1#frag").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.resource.as_str()),
+            ("127.0.0.1", 9001, "/chat?x=1")
+        );
+        assert_eq!(u.authority(), "127.0.0.1:9001");
+        let u = Url::parse("WS://example.com").unwrap();
+        assert_eq!((u.port, u.resource.as_str()), (80, "/"));
+        assert_eq!(u.authority(), "example.com");
+        let u = Url::parse("ws://[::1]:8080?q").unwrap();
+        assert_eq!((u.host.as_str(), u.resource.as_str()), ("::1", "/?q"));
+        assert_eq!(u.authority(), "[::1]:8080");
+        for bad in [
+            "wss://example.com/",
+            "http://x/",
+            "ws://",
+            "ws://h:99999/",
+            "ws://u@h/",
+            "ws://h/a b",
+        ] {
+            assert!(Url::parse(bad).is_err(), "{bad}");
+        }
+        let e = Url::parse("wss://example.com/").unwrap_err().to_string();
+        assert!(e.contains("not supported"), "{e}");
+    }
+}
