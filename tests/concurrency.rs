@@ -16,7 +16,11 @@ const MESSAGES: usize = 100;
 
 fn payload(conn: usize, i: usize) -> Vec<u8> {
     // Every 25th message is larger than the 16 KiB read buffer.
-    let len = if i % 25 == 24 { 40_000 } else { 1 + (conn * 7 + i * 13) % 300 };
+    let len = if i % 25 == 24 {
+        40_000
+    } else {
+        1 + (conn * 7 + i * 13) % 300
+    };
     (0..len).map(|j| (conn + i + j) as u8).collect()
 }
 
@@ -50,7 +54,9 @@ async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u8, Vec<u8>) {
 async fn one_client(addr: SocketAddr, conn: usize) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).unwrap();
-    s.write_all(upgrade_request("/", "").as_bytes()).await.unwrap();
+    s.write_all(upgrade_request("/", "").as_bytes())
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     loop {
         let mut chunk = [0u8; 1024];
@@ -67,7 +73,13 @@ async fn one_client(addr: SocketAddr, conn: usize) {
     for batch in (0..MESSAGES).collect::<Vec<_>>().chunks(10) {
         let mut out = Vec::new();
         for &i in batch {
-            write_frame(&mut out, true, OpCode::Binary, Some([conn as u8, i as u8, 3, 4]), &payload(conn, i));
+            write_frame(
+                &mut out,
+                true,
+                OpCode::Binary,
+                Some([conn as u8, i as u8, 3, 4]),
+                &payload(conn, i),
+            );
         }
         if conn % 50 == 0 {
             // Dribble this batch in 7-byte writes.
@@ -80,11 +92,20 @@ async fn one_client(addr: SocketAddr, conn: usize) {
         for &i in batch {
             let (op, p) = read_frame(&mut s, &mut buf).await;
             assert_eq!(op, 2);
-            assert!(p == payload(conn, i), "connection {conn} message {i} corrupted");
+            assert!(
+                p == payload(conn, i),
+                "connection {conn} message {i} corrupted"
+            );
         }
     }
     let mut close = Vec::new();
-    write_frame(&mut close, true, OpCode::Close, Some([1, 1, 1, 1]), &1000u16.to_be_bytes());
+    write_frame(
+        &mut close,
+        true,
+        OpCode::Close,
+        Some([1, 1, 1, 1]),
+        &1000u16.to_be_bytes(),
+    );
     s.write_all(&close).await.unwrap();
     let (op, _) = read_frame(&mut s, &mut buf).await;
     assert_eq!(op, 8);
@@ -92,7 +113,9 @@ async fn one_client(addr: SocketAddr, conn: usize) {
 
 #[test]
 fn two_thousand_connections_echo_correctly() {
-    let Some(server) = start(local(2)) else { return };
+    let Some(server) = start(local(2)) else {
+        return;
+    };
     let addr = server.local_addr();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

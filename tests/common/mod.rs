@@ -37,6 +37,19 @@ where
     }
 }
 
+/// Whether io_uring works here; outside CI an unavailable io_uring skips the test (with a
+/// printed reason), in CI it fails it.
+pub fn uring_available() -> bool {
+    match uringws::client::block_on(async {}) {
+        Ok(()) => true,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: io_uring is unavailable here: {e}");
+            false
+        }
+        Err(e) => panic!("io_uring is unavailable in CI: {e}"),
+    }
+}
+
 /// A server on 127.0.0.1 with a free port and `threads` threads.
 pub fn local(threads: usize) -> Server {
     Server::bind("127.0.0.1:0").unwrap().threads(threads)

@@ -1,0 +1,189 @@
+//! The client role against the project's server, and against servers that answer wrongly.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::*;
+use uringws::client::{self, Connector};
+use uringws::proto::handshake::{accept_key, ClientHandshakeError};
+use uringws::{CloseCode, Error, Message, OwnedMessage};
+
+#[test]
+fn client_talks_to_the_server() {
+    let Some(server) = start(local(1).subprotocols(["chat"])) else {
+        return;
+    };
+    let url = format!("ws://{}/room?x=1", server.local_addr());
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 31) as u8).collect();
+    let big2 = big.clone();
+    let got = client::block_on(async move {
+        let ws = Connector::new()
+            .protocols(["mqtt", "chat"])
+            .connect(&url)
+            .await?;
+        assert_eq!(ws.info().protocol.as_deref(), Some("chat"));
+        let (mut rx, tx) = ws.split();
+        tx.send_text("Hello, World!").await?;
+        tx.send_binary(&big2).await?;
+        tx.ping(b"p")?;
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(rx.recv().await?.unwrap().into_owned());
+        }
+        tx.close(CloseCode::NORMAL, "bye")?;
+        assert!(rx.recv().await?.is_none());
+        assert_eq!(rx.close_frame().map(|(c, _)| c), Some(CloseCode::NORMAL));
+        Ok::<_, Error>(got)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(got[0], OwnedMessage::Text("Hello, World!".into()));
+    assert_eq!(got[1], OwnedMessage::Binary(big.into()));
+    server.shutdown().unwrap();
+}
+
+/// A one-shot server that reads the request head and answers with `respond(key)`, then
+/// writes `frames` and keeps the socket open briefly.
+fn fake_server(respond: fn(&str) -> String, frames: Vec<u8>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap_or("")
+            .to_owned();
+        let _ = s.write_all(respond(&key).as_bytes());
+        let _ = s.write_all(&frames);
+        let mut sink = [0u8; 1024];
+        while s.read(&mut sink).unwrap_or(0) > 0 {}
+    });
+    format!("ws://{addr}/")
+}
+
+fn ok_101(key: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key(key.as_bytes())
+    )
+}
+
+fn handshake_error(url: &str) -> Error {
+    client::block_on(async { client::connect(url).await.map(|_| ()) })
+        .unwrap()
+        .unwrap_err()
+}
+
+#[test]
+fn client_refuses_bad_101s() {
+    if !uring_available() {
+        return;
+    }
+    let cases: Vec<(fn(&str) -> String, ClientHandshakeError)> = vec![
+        (
+            |_| {
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n".into()
+            },
+            ClientHandshakeError::Accept,
+        ),
+        (
+            |k| ok_101(k).replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat\r\n\r\n"),
+            ClientHandshakeError::Protocol("chat".into()),
+        ),
+        (
+            |k| {
+                ok_101(k).replace(
+                    "\r\n\r\n",
+                    "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+                )
+            },
+            ClientHandshakeError::Extension("permessage-deflate".into()),
+        ),
+        (
+            |_| "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".into(),
+            ClientHandshakeError::Status(403),
+        ),
+        (
+            |k| ok_101(k).replace("Upgrade: websocket\r\n", ""),
+            ClientHandshakeError::Upgrade,
+        ),
+    ];
+    for (respond, want) in cases {
+        match handshake_error(&fake_server(respond, Vec::new())) {
+            Error::Handshake(got) => assert_eq!(got, want),
+            other => panic!("expected {want:?}, got {other:?}"),
+        }
+    }
+}
+
+fn first_error(frames: Vec<u8>) -> Error {
+    let url = fake_server(ok_101, frames);
+    client::block_on(async move {
+        let ws = Connector::new()
+            .max_sizes(1 << 20, 1 << 20)
+            .connect(&url)
+            .await?;
+        let (mut rx, _tx) = ws.split();
+        loop {
+            match rx.recv().await {
+                Ok(Some(Message::Text(_) | Message::Binary(_))) => continue,
+                Ok(other) => panic!("expected an error, got {other:?}"),
+                Err(e) => return Ok::<_, Error>(e),
+            }
+        }
+    })
+    .unwrap()
+    .unwrap()
+}
+
+#[test]
+fn client_refuses_bad_frames() {
+    if !uring_available() {
+        return;
+    }
+    use uringws::proto::ProtocolError as P;
+    let masked = vec![0x81, 0x81, 1, 2, 3, 4, b'x' ^ 1];
+    let invalid_utf8 = vec![0x81, 0x02, 0xc3, 0x28];
+    let oversized = vec![0x82, 0x7f, 0, 0, 0, 0, 0, 0x20, 0, 0];
+    for (frames, want) in [
+        (masked, P::MaskedFrame),
+        (invalid_utf8, P::InvalidUtf8),
+        (oversized, P::FrameTooBig),
+    ] {
+        match first_error(frames) {
+            Error::Protocol(got) => assert_eq!(got, want),
+            other => panic!("expected {want:?}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn client_reports_refused_connections_and_wss() {
+    if !uring_available() {
+        return;
+    }
+    let free = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(matches!(
+        handshake_error(&format!("ws://{free}/")),
+        Error::Io(_)
+    ));
+    assert!(matches!(
+        handshake_error("wss://example.com/"),
+        Error::Config(_)
+    ));
+}
