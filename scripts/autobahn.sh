@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Run the Autobahn|Testsuite `fuzzingclient` against the uringws echo server.
 #
-# Usage: scripts/autobahn.sh [--install-only] [--cases 'PATTERN,...'] [--server-cmd 'CMD with {port}']
+# Usage: scripts/autobahn.sh [--install-only] [--client] [--cases 'PATTERN,...'] [--server-cmd 'CMD with {port}']
 #
+#   --client             test the client role instead: wstest runs as `fuzzingserver` and
+#                        examples/autobahn_client is the testee (summary:
+#                        scripts/autobahn-client-summary.txt)
 #   --install-only       install (or verify the cached install of) wstest and exit
 #   --cases LIST         comma-separated Autobahn case patterns (default: '*', i.e. all cases)
 #   --server-cmd CMD     command that starts the server; '{port}' is replaced with the port.
@@ -47,11 +50,13 @@ die() { printf '[autobahn] error: %s\n' "$*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
 INSTALL_ONLY=0
+CLIENT=0
 CASES='*'
 SERVER_CMD=''
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --install-only) INSTALL_ONLY=1; shift ;;
+        --client) CLIENT=1; shift ;;
         --cases) [[ $# -ge 2 ]] || die "--cases needs an argument"; CASES="$2"; shift 2 ;;
         --cases=*) CASES="${1#--cases=}"; shift ;;
         --server-cmd) [[ $# -ge 2 ]] || die "--server-cmd needs an argument"; SERVER_CMD="$2"; shift 2 ;;
@@ -224,6 +229,65 @@ OUTDIR="$WORK/reports"
 SPEC="$WORK/spec.json"
 SERVER_LOG="$WORK/server.log"
 TIMEOUT_SECS="${UWS_AUTOBAHN_TIMEOUT:-1500}"
+
+if [[ $CLIENT -eq 1 ]]; then
+    # The client role: wstest is the server, examples/autobahn_client the testee.
+    if [[ "${UWS_NO_BUILD:-0}" != 1 ]]; then
+        log "cargo build --release --locked --example autobahn_client"
+        cargo build --release --locked --example autobahn_client
+    fi
+    TESTEE="$TARGET_DIR/release/examples/autobahn_client"
+    [[ -x "$TESTEE" ]] || die "$TESTEE not found"
+    PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+    rm -rf "$OUTDIR"
+    mkdir -p "$OUTDIR"
+    python3 - "$SPEC" "$OUTDIR" "$PORT" "$CASES" <<'PY'
+import json, sys
+spec_path, outdir, port, cases = sys.argv[1:]
+patterns = [c.strip() for c in cases.split(",") if c.strip()] or ["*"]
+spec = {"url": "ws://127.0.0.1:%s" % port, "outdir": outdir, "cases": patterns,
+        "exclude-cases": [], "exclude-agent-cases": {}}
+with open(spec_path, "w") as f:
+    json.dump(spec, f, indent=2)
+    f.write("\n")
+PY
+    log "starting wstest -m fuzzingserver on port $PORT"
+    (cd "$WORK" && exec timeout --kill-after=10 "$TIMEOUT_SECS" "$WSTEST" -m fuzzingserver -s "$SPEC") \
+        > "$WORK/wstest.log" 2>&1 &
+    WSTEST_PID=$!
+    trap 'kill -TERM "$WSTEST_PID" 2>/dev/null || true; wait "$WSTEST_PID" 2>/dev/null || true' EXIT
+    deadline=$((SECONDS + 60))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
+        kill -0 "$WSTEST_PID" 2>/dev/null || { cat "$WORK/wstest.log" >&2; die "wstest exited early"; }
+        [[ $SECONDS -lt $deadline ]] || die "wstest did not listen on port $PORT within 60 s"
+        sleep 0.2
+    done
+    log "running $TESTEE"
+    testee_status=0
+    timeout --kill-after=10 "$TIMEOUT_SECS" "$TESTEE" "ws://127.0.0.1:$PORT" uringws \
+        > "$WORK/testee.log" 2>&1 || testee_status=$?
+    if [[ "$CASES" == '*' ]]; then
+        SUMMARY="$SCRIPT_DIR/autobahn-client-summary.txt"
+    else
+        SUMMARY="$WORK/client-summary.txt"
+    fi
+    summary_status=0
+    if [[ -f "$OUTDIR/index.json" ]]; then
+        UWS_AUTOBAHN_MODE="fuzzingserver (client role)" python3 "$SCRIPT_DIR/autobahn_summary.py" "$OUTDIR/index.json" "$SUMMARY" || summary_status=$?
+        log "summary written to $SUMMARY; HTML report: $OUTDIR/index.html"
+    else
+        log "no $OUTDIR/index.json was written"
+        summary_status=1
+    fi
+    if [[ $testee_status -ne 0 ]]; then
+        log "the client testee failed (exit status $testee_status); last lines of $WORK/testee.log:"
+        tail -n 20 "$WORK/testee.log" >&2 || true
+        exit 1
+    fi
+    [[ $summary_status -eq 0 ]] || { log "Autobahn client cases failed (see above)"; exit 1; }
+    log "all Autobahn client cases passed"
+    exit 0
+fi
 
 if [[ -z "$SERVER_CMD" ]]; then
     SERVER_CMD="$TARGET_DIR/release/uringws echo --addr 127.0.0.1:{port} --threads 2"

@@ -13,6 +13,7 @@ so it is stable across runs with the same results. Exit status: 0 if every case 
 case failed (or the report has no cases), 2 on a usage or input error.
 """
 
+import os
 import json
 import sys
 from collections import Counter
@@ -136,7 +137,7 @@ def main(argv):
         return 2
 
     lines = [
-        "Autobahn|Testsuite fuzzingclient summary",
+        "Autobahn|Testsuite %s summary" % os.environ.get("UWS_AUTOBAHN_MODE", "fuzzingclient (server role)"),
         "A case passes when behavior and behaviorClose are both OK, NON-STRICT or INFORMATIONAL;",
         "UNIMPLEMENTED is accepted only in groups 12 and 13 (permessage-deflate).",
         "",

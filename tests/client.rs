@@ -91,7 +91,8 @@ fn client_refuses_bad_101s() {
     if !uring_available() {
         return;
     }
-    let cases: Vec<(fn(&str) -> String, ClientHandshakeError)> = vec![
+    type Respond = fn(&str) -> String;
+    let cases: Vec<(Respond, ClientHandshakeError)> = vec![
         (
             |_| {
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n".into()

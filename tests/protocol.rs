@@ -78,6 +78,7 @@ fn violations_close_with_their_code() {
     );
     c.send_raw(&frame[..100]);
     assert_eq!(c.expect_close(), Some(1007));
+    drop(c);
     // The server still serves a new client.
     let mut c = Client::connect(addr);
     c.send(true, OpCode::Text, b"ok");
@@ -110,6 +111,7 @@ fn ping_pong_and_close_handshakes() {
     // Client-initiated close: the server echoes the code and closes TCP.
     c.send(true, OpCode::Close, &[0x03, 0xe8, b'b', b'y', b'e']);
     assert_eq!(c.expect_close(), Some(1000));
+    drop(c);
     // An empty close is answered with an empty close.
     let mut c = Client::connect(addr);
     c.send(true, OpCode::Close, b"");

@@ -64,6 +64,9 @@ pub(crate) enum Phase {
     Done,
 }
 
+/// A source of mask keys (client role).
+pub(crate) type MaskFn = Box<dyn FnMut() -> [u8; 4]>;
+
 /// The timeouts a connection's watchdog enforces.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
@@ -119,7 +122,7 @@ pub(crate) struct Conn {
     /// Set once, when the handshake completes.
     pub(crate) info: OnceCell<ConnectionInfo>,
     /// Source of mask keys for the client role.
-    mask: Option<RefCell<Box<dyn FnMut() -> [u8; 4]>>>,
+    mask: Option<RefCell<MaskFn>>,
 }
 
 impl Conn {
@@ -127,7 +130,7 @@ impl Conn {
         stream: TcpStream,
         send_limit: usize,
         timeouts: Timeouts,
-        mask: Option<Box<dyn FnMut() -> [u8; 4]>>,
+        mask: Option<MaskFn>,
     ) -> Rc<Conn> {
         Rc::new(Conn {
             stream,
@@ -273,28 +276,37 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
     loop {
         let batch = {
             let mut ob = conn.outbox.borrow_mut();
+            let ob = &mut *ob;
             if ob.control.is_empty() && ob.data.is_empty() {
                 if ob.close_queued || ob.failed {
                     ob.writer_done = true;
-                    drop(ob);
-                    conn.progress.notify_waiters();
-                    return;
+                    None
+                } else {
+                    Some(None)
                 }
-                drop(ob);
+            } else {
+                spare.clear();
+                if ob.control.is_empty() {
+                    std::mem::swap(&mut spare, &mut ob.data);
+                } else {
+                    std::mem::swap(&mut spare, &mut ob.control);
+                    spare.extend_from_slice(&ob.data);
+                    ob.data.clear();
+                }
+                ob.in_flight = spare.len();
+                Some(Some(std::mem::take(&mut spare)))
+            }
+        };
+        let batch = match batch {
+            None => {
+                conn.progress.notify_waiters();
+                return;
+            }
+            Some(None) => {
                 conn.wake_writer.notified().await;
                 continue;
             }
-            let ob = &mut *ob;
-            spare.clear();
-            if ob.control.is_empty() {
-                std::mem::swap(&mut spare, &mut ob.data);
-            } else {
-                std::mem::swap(&mut spare, &mut ob.control);
-                spare.extend_from_slice(&ob.data);
-                ob.data.clear();
-            }
-            ob.in_flight = spare.len();
-            std::mem::take(&mut spare)
+            Some(Some(batch)) => batch,
         };
         let (res, buf) = conn.stream.write_all(batch).await;
         spare = buf;
