@@ -39,6 +39,7 @@ use crate::server::WebSocket;
 /// Runs `future` on a new tokio-uring runtime on this thread, for programs that are only
 /// clients. Fails with [`Error::IoUringUnavailable`] when io_uring cannot be set up.
 pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
+    crate::error::check_kernel()?;
     let rt =
         tokio_uring::Runtime::new(&tokio_uring::builder()).map_err(|e| io_uring_unavailable(&e))?;
     Ok(rt.block_on(future))

@@ -65,3 +65,58 @@ pub(crate) fn io_uring_unavailable(e: &io::Error) -> Error {
          `sysctl kernel.io_uring_disabled` (must be 0, or 1 with the right group)."
     ))
 }
+
+/// The oldest kernel the io_uring transport is known to work on: tokio-uring needs
+/// IORING_OP_ACCEPT/CONNECT (5.5), non-vectored READ/WRITE and CLOSE (5.6), and its driver is
+/// only reliable from 5.11 (it fails on 5.4).
+pub const MIN_KERNEL: (u32, u32) = (5, 11);
+
+/// Parses the major and minor version from a kernel release string such as `6.1.0-18-amd64`.
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Refuses to start on a kernel older than [`MIN_KERNEL`], saying so clearly. An unreadable
+/// version is let through (io_uring setup then decides).
+pub(crate) fn check_kernel() -> Result<()> {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return Ok(());
+    };
+    match kernel_version(&release) {
+        Some(v) if v < MIN_KERNEL => Err(Error::IoUringUnavailable(format!(
+            "uringws needs Linux {}.{} or newer for io_uring, but this kernel is {}. A container \
+             image cannot change the kernel: run on a newer host.",
+            MIN_KERNEL.0,
+            MIN_KERNEL.1,
+            release.trim()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.1.0-18-amd64\n"), Some((6, 1)));
+        assert_eq!(kernel_version("5.4.0"), Some((5, 4)));
+        assert_eq!(kernel_version("5.15"), Some((5, 15)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert!(kernel_version("5.10.0").unwrap() < MIN_KERNEL);
+        assert!(kernel_version("5.11.0").unwrap() >= MIN_KERNEL);
+    }
+
+    #[test]
+    fn unavailable_message_names_the_profile() {
+        let e = io_uring_unavailable(&io::Error::from_raw_os_error(libc::EPERM)).to_string();
+        assert!(e.contains("docker/seccomp-io_uring.json"), "{e}");
+        assert!(e.contains("EPERM"), "{e}");
+        let e = io_uring_unavailable(&io::Error::from_raw_os_error(libc::ENOSYS)).to_string();
+        assert!(e.contains("ENOSYS"), "{e}");
+    }
+}

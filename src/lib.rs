@@ -28,7 +28,7 @@ mod error;
 pub mod proto;
 pub mod server;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, MIN_KERNEL};
 pub use proto::close::CloseCode;
 pub use proto::message::{Message, OwnedMessage};
 pub use server::{

@@ -319,6 +319,7 @@ impl Server {
         H: Fn(WebSocket) -> F + Clone + Send + 'static,
         F: Future<Output = Result<()>> + 'static,
     {
+        crate::error::check_kernel()?;
         let mut config = self.config;
         if config.threads == 0 {
             return Err(Error::Config("threads must be at least 1".into()));
