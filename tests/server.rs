@@ -149,3 +149,55 @@ fn connection_limit_answers_503() {
     drop(c);
     server.shutdown().unwrap();
 }
+
+fn rss_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
+    let app = local(1)
+        .send_queue_limit(64 << 10)
+        .idle_timeout(Some(Duration::from_secs(3)));
+    let Some(server) = start(app) else { return };
+    let c = Client::connect(server.local_addr());
+    let mut stream = c.stream.try_clone().unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let before = rss_kib();
+    // 64 MiB of 125-byte pings, each answered by a 127-byte pong nobody reads.
+    let mut ping = Vec::new();
+    uringws::proto::frame::write_frame(
+        &mut ping,
+        true,
+        OpCode::Ping,
+        Some([1, 2, 3, 4]),
+        &[7; 125],
+    );
+    let batch: Vec<u8> = ping.repeat(1000);
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0usize;
+        while sent < 64 << 20 {
+            if stream.write_all(&batch).is_err() {
+                break; // the server stopped reading: backpressure reached the client
+            }
+            sent += batch.len();
+        }
+        sent
+    });
+    let sent = writer.join().unwrap();
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        sent < 64 << 20,
+        "the server read {sent} bytes of pings without backpressure"
+    );
+    assert!(grown < 32 << 10, "memory grew by {grown} KiB");
+    drop(c);
+    server.shutdown().unwrap();
+}

@@ -252,6 +252,24 @@ impl Conn {
         Ok(())
     }
 
+    /// Waits while more than the send-queue limit (control frames included) is pending, so
+    /// that a peer that sends pings but never reads cannot make the pong queue grow without
+    /// bound: the receive side stops reading until the writer drains.
+    pub(crate) async fn wait_for_room(&self) {
+        loop {
+            {
+                let ob = self.outbox.borrow();
+                if ob.failed
+                    || ob.writer_done
+                    || ob.data.len() + ob.control.len() + ob.in_flight <= self.send_limit
+                {
+                    return;
+                }
+            }
+            self.progress.notified().await;
+        }
+    }
+
     /// Waits until the writer has stopped (after writing a close frame, or on an error).
     pub(crate) async fn writer_finished(&self) {
         while !self.outbox.borrow().writer_done {
@@ -399,6 +417,7 @@ impl RxState {
             };
             self.start = base + advance.consumed;
             let Some(ready) = advance.ready else {
+                conn.wait_for_room().await;
                 if !self.fill(conn).await {
                     self.finished = true;
                     if conn.close_queued() {
