@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use uringws::{HttpResponse, Server};
 
+mod load;
+
 #[derive(Parser)]
 #[command(name = "uringws", version, about = "io_uring WebSocket server tools")]
 struct Cli {
@@ -19,6 +21,9 @@ enum Command {
     /// Run an echo server: every text or binary message is sent back. `GET /healthz`
     /// answers 200. SIGINT/SIGTERM close every connection with 1001 and exit 0.
     Echo(EchoArgs),
+    /// Run a load generator against an echo server (`ws://` only): C connections with K
+    /// messages in flight each, every echo checked; reports throughput and latency.
+    Load(load::LoadArgs),
 }
 
 #[derive(clap::Args)]
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Echo(args) => echo(args),
+        Command::Load(args) => load::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
