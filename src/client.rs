@@ -30,7 +30,7 @@ use crate::proto::close::CloseCode;
 use crate::proto::frame::Role;
 use crate::proto::handshake::{self, HeadScanner};
 use crate::proto::message::{Reader, ReaderConfig, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
-use crate::server::buffers::ReadBuf;
+use crate::server::buffers::{BufferPool, ReadBuf};
 use crate::server::websocket::{
     finish, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, Timeouts,
 };
@@ -342,14 +342,8 @@ impl Connector {
             inline_limit: buf.capacity(),
             ..ReaderConfig::new(Role::Client)
         });
-        let state = RxState {
-            buf,
-            start: head_len,
-            end,
-            reader,
-            peer_close: None,
-            finished: false,
-        };
+        let pool = Rc::new(BufferPool::new(0, self.read_buffer_size));
+        let state = RxState::new(buf, head_len, end, reader, pool);
         conn.set_phase(Phase::Open);
         tokio_uring::spawn(writer(conn.clone()));
         tokio_uring::spawn(closer(conn.clone()));

@@ -109,14 +109,7 @@ async fn handshake(
                         inline_limit: buf.capacity(),
                         ..ReaderConfig::new(Role::Server)
                     });
-                    let state = RxState {
-                        buf,
-                        start: head_len,
-                        end,
-                        reader,
-                        peer_close: None,
-                        finished: false,
-                    };
+                    let state = RxState::new(buf, head_len, end, reader, ctx.buffers.clone());
                     return Some(state);
                 }
                 Err(response) => {

@@ -450,7 +450,7 @@ pub(crate) struct ThreadCtx {
     pub(crate) http: Option<Arc<HttpFn>>,
     pub(crate) check: Option<Arc<CheckFn>>,
     pub(crate) handler: Box<Handler>,
-    pub(crate) buffers: BufferPool,
+    pub(crate) buffers: Rc<BufferPool>,
     shared: Arc<Shared>,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     next_id: Cell<u64>,
@@ -504,10 +504,10 @@ where
         };
         let bound = listener.local_addr().unwrap_or(setup.addr);
         let ctx = Rc::new(ThreadCtx {
-            buffers: BufferPool::new(
+            buffers: Rc::new(BufferPool::new(
                 setup.config.registered_buffers,
                 setup.config.read_buffer_size,
-            ),
+            )),
             config: setup.config,
             http: setup.http,
             check: setup.check,

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 
@@ -19,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::proto::close::{write_close_payload, CloseCode};
 use crate::proto::frame::{write_frame, OpCode, MAX_CONTROL_PAYLOAD};
 use crate::proto::message::{Message, Reader, Ready};
-use crate::server::buffers::ReadBuf;
+use crate::server::buffers::{BufferPool, ReadBuf};
 
 /// The write buffers are released after a write when they grew past this capacity.
 const KEEP_WRITE_CAPACITY: usize = 256 << 10;
@@ -64,6 +66,16 @@ pub(crate) enum Phase {
     Done,
 }
 
+/// A socket descriptor borrowed from the connection's stream, for readiness polling only.
+/// It never closes the descriptor.
+pub(crate) struct SocketFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for SocketFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
 /// A source of mask keys (client role).
 pub(crate) type MaskFn = Box<dyn FnMut() -> [u8; 4]>;
 
@@ -99,6 +111,9 @@ struct Outbox {
 
 /// What the halves and the connection task share.
 pub(crate) struct Conn {
+    /// Epoll readiness of the socket, registered on first use. Declared before `stream` so
+    /// that it is deregistered before the descriptor closes (a closed number can be reused).
+    readiness: OnceCell<Option<AsyncFd<SocketFd>>>,
     pub(crate) stream: TcpStream,
     outbox: RefCell<Outbox>,
     /// Wakes the writer when something is queued.
@@ -133,6 +148,7 @@ impl Conn {
         mask: Option<MaskFn>,
     ) -> Rc<Conn> {
         Rc::new(Conn {
+            readiness: OnceCell::new(),
             stream,
             outbox: RefCell::default(),
             wake_writer: Notify::new(),
@@ -148,6 +164,22 @@ impl Conn {
             info: OnceCell::new(),
             mask: mask.map(RefCell::new),
         })
+    }
+
+    /// The socket's readiness registration with the runtime's epoll driver, created on first
+    /// use; `None` when registration failed (reads then always pin a buffer).
+    fn readiness(&self) -> Option<&AsyncFd<SocketFd>> {
+        self.readiness
+            .get_or_init(|| {
+                let fd = SocketFd(std::os::fd::AsRawFd::as_raw_fd(&self.stream));
+                // SAFETY: `fd` is the stream's open descriptor. The `AsyncFd` lives in this
+                // `Conn`, in the field declared before `stream`, so it is dropped (and
+                // deregistered) before the stream; the stream never closes its descriptor
+                // earlier (it is closed only when the stream and every in-flight operation on
+                // it are dropped), and `SocketFd::as_raw_fd` always returns the same number.
+                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+            })
+            .as_ref()
     }
 
     /// Facts about the connection (empty before the handshake completes).
@@ -349,12 +381,21 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
     }
 }
 
+/// A read that waited longer than this for data marks the connection as idle: its next wait
+/// for data happens without a buffer.
+const IDLE_READ: Duration = Duration::from_millis(5);
+
 /// The receive state: the read buffer with its cursors and the protocol reader.
 pub(crate) struct RxState {
-    pub(crate) buf: ReadBuf,
-    pub(crate) start: usize,
-    pub(crate) end: usize,
-    pub(crate) reader: Reader,
+    buf: ReadBuf,
+    start: usize,
+    end: usize,
+    reader: Reader,
+    /// Where read buffers come from (and go back to while the connection is idle).
+    pool: Rc<BufferPool>,
+    /// The last read waited for data and did not fill the buffer: the next wait, if the
+    /// buffer is empty, is a readiness poll that pins no buffer.
+    idle: bool,
     /// The peer's close frame, once received.
     pub(crate) peer_close: Option<(CloseCode, String)>,
     /// The receive side ended (close received, protocol error, or EOF).
@@ -370,24 +411,69 @@ enum Got {
 }
 
 impl RxState {
+    /// The receive state after a handshake: `buf[start..end]` holds bytes that followed it.
+    pub(crate) fn new(
+        buf: ReadBuf,
+        start: usize,
+        end: usize,
+        reader: Reader,
+        pool: Rc<BufferPool>,
+    ) -> Self {
+        RxState {
+            idle: start == end,
+            buf,
+            start,
+            end,
+            reader,
+            pool,
+            peer_close: None,
+            finished: false,
+        }
+    }
+
     /// Reads more bytes, compacting first. Returns false at EOF or on a read error.
+    ///
+    /// A pending io_uring read pins its buffer until data arrives, so an idle connection
+    /// would hold a whole read buffer. When the buffer is empty and the connection looks
+    /// idle, the buffer goes back to the pool and the wait is an epoll readiness poll; the
+    /// buffer is checked out again when data is there.
     async fn fill(&mut self, conn: &Conn) -> bool {
-        if self.start > 0 {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.idle {
+                if let Some(readiness) = conn.readiness() {
+                    self.buf = ReadBuf::Taken;
+                    if let Ok(mut guard) = readiness.readable().await {
+                        // The read below takes what is there; a later arrival sets the
+                        // readiness again.
+                        guard.clear_ready();
+                    }
+                }
+            }
+        } else if self.start > 0 {
             let (start, end) = (self.start, self.end);
             self.buf.bytes_mut().copy_within(start..end, 0);
             self.end -= start;
             self.start = 0;
         }
-        if self.end >= self.buf.capacity() {
+        if let ReadBuf::Taken = self.buf {
+            self.buf = self.pool.checkout();
+        }
+        let space = self.buf.capacity() - self.end;
+        if space == 0 {
             // The reader never waits for more than the buffer holds; this is unreachable
             // unless the buffer is smaller than a control frame.
             return false;
         }
+        let submitted = Instant::now();
         match self.buf.read_at(&conn.stream, self.end).await {
             Ok(0) => false,
             Ok(n) => {
                 self.end += n;
-                conn.last_activity.set(Instant::now());
+                let now = Instant::now();
+                self.idle = n < space && now - submitted > IDLE_READ;
+                conn.last_activity.set(now);
                 true
             }
             Err(e) => {
@@ -517,6 +603,7 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         // Hand the read state back so the connection can finish the closing handshake.
         let config = *self.state.reader.config();
+        let pool = self.state.pool.clone();
         let state = std::mem::replace(
             &mut self.state,
             RxState {
@@ -524,6 +611,8 @@ impl Drop for Receiver {
                 start: 0,
                 end: 0,
                 reader: Reader::new(config),
+                pool,
+                idle: false,
                 peer_close: None,
                 finished: true,
             },
