@@ -1,0 +1,209 @@
+//! The server's receive path on arbitrary bytes, delivered in arbitrary pieces through a read
+//! buffer that is compacted the way a server's read loop does it (as the `drive` helper in the
+//! tests of src/proto/message.rs).
+//!
+//! Input: 3 configuration bytes, then the bytes received.
+//!   byte 0: `inline_limit`, which is also the buffer capacity, from 139 to 4096
+//!   byte 1: `max_message`: 16 * byte, or the default (64 MiB) for 255
+//!   byte 2: how the bytes arrive: 0 in one piece, otherwise pieces of 1..=byte bytes with
+//!           pseudo-random sizes seeded by the byte
+//!
+//! The pieces go through `Reader::advance` + `Reader::message` (what the I/O loops use), the
+//! reference run (the whole input in one piece, into a buffer that holds it all) through
+//! `Reader::read`.
+//!
+//! Checked: nothing panics; `consumed` never exceeds the bytes passed; messages respect the
+//! limits and match what `advance` announced (opcode, length); the reader never stalls with a
+//! full buffer; an error is sticky; and both runs give the same messages and the same error.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use uringws::proto::frame::{OpCode, Role, MAX_CONTROL_PAYLOAD};
+use uringws::proto::message::{
+    Message, OwnedMessage, Reader, ReaderConfig, Ready, DEFAULT_MAX_MESSAGE,
+};
+use uringws::proto::ProtocolError;
+
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    messages: Vec<OwnedMessage>,
+    error: Option<ProtocolError>,
+}
+
+fn check_message(m: &Message<'_>, config: &ReaderConfig) {
+    match m {
+        Message::Text(s) => {
+            assert!(std::str::from_utf8(s.as_bytes()).is_ok());
+            assert!(
+                s.len() as u64 <= config.max_message,
+                "text of {} bytes",
+                s.len()
+            );
+        }
+        Message::Binary(b) => {
+            assert!(
+                b.len() as u64 <= config.max_message,
+                "binary of {} bytes",
+                b.len()
+            );
+        }
+        Message::Ping(b) | Message::Pong(b) => assert!(b.len() <= MAX_CONTROL_PAYLOAD),
+        Message::Close(f) => {
+            if let Some(f) = f {
+                assert!(f.reason.len() <= MAX_CONTROL_PAYLOAD - 2);
+            }
+        }
+    }
+}
+
+/// Checks that a message from [`Reader::message`] is the one [`Reader::advance`] announced:
+/// `message` cannot fail, so a payload that `advance` let through unvalidated would show up
+/// here as an empty text or a status-less close.
+fn check_ready(m: &Message<'_>, ready: &Ready) {
+    let kind_matches = matches!(
+        (m, ready.opcode()),
+        (Message::Text(_), OpCode::Text)
+            | (Message::Binary(_), OpCode::Binary)
+            | (Message::Ping(_), OpCode::Ping)
+            | (Message::Pong(_), OpCode::Pong)
+            | (Message::Close(_), OpCode::Close)
+    );
+    assert!(kind_matches, "{m:?} announced as {ready:?}");
+    let len = match m {
+        Message::Close(None) => 0,
+        Message::Close(Some(f)) => 2 + f.reason.len(),
+        other => other.payload().len(),
+    };
+    assert_eq!(len, ready.len(), "{m:?} announced as {ready:?}");
+}
+
+/// Feeds `input` to a fresh reader in pieces of `sizes` through a buffer of `capacity` bytes,
+/// with [`Reader::advance`] and [`Reader::message`] (`split_api`) or with [`Reader::read`].
+fn drive(
+    config: ReaderConfig,
+    input: &[u8],
+    sizes: &[usize],
+    capacity: usize,
+    split_api: bool,
+) -> Outcome {
+    assert!(config.inline_limit <= capacity);
+    let mut reader = Reader::new(config);
+    let mut buf = vec![0u8; capacity];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut messages = Vec::new();
+    let mut input = input;
+    let mut sizes = sizes.iter().copied().rev().collect::<Vec<_>>();
+    loop {
+        loop {
+            let len = end - start;
+            let step = if split_api {
+                reader.advance(&mut buf[start..end]).map(|a| {
+                    let m = a.ready.map(|r| {
+                        let m = reader.message(&buf[start..end], r);
+                        check_ready(&m, &r);
+                        check_message(&m, &config);
+                        m.into_owned()
+                    });
+                    (a.consumed, m)
+                })
+            } else {
+                reader.read(&mut buf[start..end]).map(|p| {
+                    let m = p.message.map(|m| {
+                        check_message(&m, &config);
+                        m.into_owned()
+                    });
+                    (p.consumed, m)
+                })
+            };
+            let (consumed, message) = match step {
+                Ok(step) => step,
+                Err(e) => {
+                    // Sticky: every later call reports the same error.
+                    let mut more = [0x81u8, 0x80, 0, 0, 0, 0];
+                    assert_eq!(reader.read(&mut more).unwrap_err(), e);
+                    assert_eq!(reader.advance(&mut []).unwrap_err(), e);
+                    return Outcome {
+                        messages,
+                        error: Some(e),
+                    };
+                }
+            };
+            assert!(consumed <= len, "consumed {consumed} of {len}");
+            start += consumed;
+            match message {
+                Some(m) => messages.push(m),
+                None => {
+                    assert!(
+                        !(consumed == 0 && len == capacity),
+                        "reader stalled: no message, nothing consumed, buffer full ({capacity})"
+                    );
+                    break;
+                }
+            }
+        }
+        if input.is_empty() {
+            return Outcome {
+                messages,
+                error: None,
+            };
+        }
+        let Some(mut n) = sizes.pop() else {
+            unreachable!("sizes cover the input")
+        };
+        buf.copy_within(start..end, 0);
+        end -= start;
+        start = 0;
+        if n > capacity - end {
+            // Deliver the rest of this piece after the reader has made room.
+            sizes.push(n - (capacity - end));
+            n = capacity - end;
+        }
+        assert!(n > 0, "reader stalled with a full buffer");
+        buf[end..end + n].copy_from_slice(&input[..n]);
+        input = &input[n..];
+        end += n;
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let [b0, b1, b2, ref input @ ..] = *data else {
+        return;
+    };
+    let inline_limit = 139 + b0 as usize * (4096 - 139) / 255;
+    let max_message = if b1 == 255 {
+        DEFAULT_MAX_MESSAGE
+    } else {
+        16 * b1 as u64
+    };
+    let config = ReaderConfig {
+        inline_limit,
+        max_message,
+        ..ReaderConfig::new(Role::Server)
+    };
+    // Piece sizes: a small xorshift seeded by byte 2.
+    let mut sizes = Vec::new();
+    if b2 == 0 || input.is_empty() {
+        sizes.push(input.len());
+    } else {
+        let mut state = 0x9e37_79b9u32 ^ (b2 as u32) << 8 | 1;
+        let mut left = input.len();
+        while left > 0 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let n = (1 + state as usize % b2 as usize).min(left);
+            sizes.push(n);
+            left -= n;
+        }
+    }
+    let pieces = drive(config, input, &sizes, inline_limit, true);
+    // The same bytes all at once, into a buffer that holds them all.
+    let whole = drive(
+        config,
+        input,
+        &[input.len()],
+        inline_limit.max(input.len()),
+        false,
+    );
+    assert_eq!(pieces, whole, "pieces {sizes:?}");
+});
