@@ -3,7 +3,8 @@
 #   1. unit, property, integration and doc tests (cargo test);
 #   2. Autobahn|Testsuite against the server (fuzzingclient) and the client (fuzzingserver);
 #   3. the hello-world client against the hello-world server, its output checked;
-#   4. the real-browser test in headless Chromium.
+#   4. the real-browser test in headless Chromium;
+#   5. the container image built from the Dockerfile and checked under podman.
 # Each step installs what it needs on a fresh Debian machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,8 @@ UWS_NO_BUILD=1 scripts/autobahn.sh --client
 step "hello client against hello server"
 scripts/hello.sh
 
-if [[ -x scripts/browser.sh ]]; then
-    step "headless Chromium"
-    UWS_NO_BUILD=1 scripts/browser.sh
-fi
+step "headless Chromium"
+UWS_NO_BUILD=1 scripts/browser.sh
+
+step "container image (podman, with and without the io_uring seccomp profile)"
+scripts/container.sh

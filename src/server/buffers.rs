@@ -1,9 +1,10 @@
 //! The per-thread pool of registered (fixed) read buffers, with a heap fallback.
 //!
-//! Each runtime thread registers `pool_size` buffers of `read_buffer_size` bytes with its ring.
-//! A connection checks one out for its lifetime; when the pool is empty (or registration was
-//! refused, e.g. by RLIMIT_MEMLOCK) it gets a plain heap buffer instead. The pool is never
-//! waited on. Reads into a registered buffer use `read_fixed`, which spares the kernel the
+//! Each runtime thread registers `registered_buffers` buffers of `read_buffer_size` bytes with
+//! its ring (fewer when RLIMIT_MEMLOCK refuses that many).
+//! A connection checks one out while it has bytes to read and gives it back while idle; when
+//! the pool is empty (or registration was refused) it gets a plain heap buffer instead. The
+//! pool is never waited on. Reads into a registered buffer use `read_fixed`, which spares the kernel the
 //! page pinning of every read.
 
 use std::io;
@@ -22,23 +23,30 @@ impl BufferPool {
     /// Registers `count` buffers of `size` bytes with the current thread's ring. Must run
     /// inside the tokio-uring runtime. When registration fails, every buffer is a heap buffer.
     pub(crate) fn new(count: usize, size: usize) -> Self {
-        if count == 0 {
-            return BufferPool { pool: None, size };
-        }
-        let pool = FixedBufPool::new((0..count).map(|_| vec![0u8; size]));
-        match pool.register() {
-            Ok(()) => BufferPool {
-                pool: Some(pool),
-                size,
-            },
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    "could not register {count} read buffers of {size} bytes (RLIMIT_MEMLOCK?); using heap buffers"
-                );
-                BufferPool { pool: None, size }
+        // Registered memory counts against RLIMIT_MEMLOCK (often 8 MiB in containers): on a
+        // refusal, try half as many buffers, down to 16, before falling back to the heap.
+        let mut count = count;
+        while count >= 16 {
+            let pool = FixedBufPool::new((0..count).map(|_| vec![0u8; size]));
+            match pool.register() {
+                Ok(()) => {
+                    return BufferPool {
+                        pool: Some(pool),
+                        size,
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, count, size, "buffer registration refused");
+                    count /= 2;
+                }
             }
         }
+        if count > 0 {
+            tracing::warn!(
+                "could not register read buffers of {size} bytes (RLIMIT_MEMLOCK?); using heap buffers"
+            );
+        }
+        BufferPool { pool: None, size }
     }
 
     /// A buffer for one connection: registered when one is free, else from the heap.
