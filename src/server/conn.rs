@@ -22,7 +22,7 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
     let _ = stream.set_nodelay(true);
     let buf = ctx.buffers.checkout();
     let id = ctx.next_id();
-    tracing::trace!(%peer, id, "accepted");
+    tracing::debug!(%peer, id, "accepted");
     let conn = Conn::new(
         stream,
         ctx.config.send_queue_limit,

@@ -257,6 +257,12 @@ impl Conn {
         if self.close_queued() {
             return Ok(());
         }
+        tracing::debug!(
+            peer = ?self.info().peer_addr,
+            code = code.map(|c| c.0),
+            reason,
+            "close sent"
+        );
         self.queue_control(OpCode::Close, &payload[..n])
     }
 
@@ -495,7 +501,7 @@ impl RxState {
             let advance = match self.reader.advance(&mut self.buf.bytes_mut()[base..end]) {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::debug!(error = %e, code = e.close_code().0, "protocol error; closing");
+                    tracing::debug!(peer = ?conn.info().peer_addr, error = %e, code = e.close_code().0, "protocol error; closing");
                     self.finished = true;
                     let _ = conn.queue_close(Some(e.close_code()), "");
                     return Err(Error::Protocol(e));
@@ -531,7 +537,7 @@ impl RxState {
                         Some(f) => (Some(f.code), f.reason.to_owned()),
                         None => (None, String::new()),
                     };
-                    tracing::debug!(code = code.map(|c| c.0), "close received");
+                    tracing::debug!(peer = ?conn.info().peer_addr, code = code.map(|c| c.0), "close received");
                     self.peer_close = Some((code.unwrap_or(CloseCode::NO_STATUS), reason));
                     conn.close_received.set(true);
                     // Echo the status code (section 5.5.1), or send an empty close.
