@@ -1,0 +1,113 @@
+//! idle-conns: opens N WebSocket connections to a server, completes each opening handshake
+//! (checking the `101` and its `Sec-WebSocket-Accept`), then holds them idle. For the memory
+//! check in scripts/compare.sh.
+//!
+//! Usage: `idle-conns --addr IP:PORT --count N [--hold SECS]`. Prints `ready N` on stdout once
+//! every connection is open (`failed K` lines on stderr for those that were not), then holds
+//! them until stdin reaches EOF or SECS pass (default 60), and exits, closing them all.
+//! Plain blocking sockets, one handshake at a time: no WebSocket frames are ever sent.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+fn main() {
+    let mut addr: Option<SocketAddr> = None;
+    let mut count = 10_000usize;
+    let mut hold = 60.0f64;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let v = it.next();
+        match (a.as_str(), v) {
+            ("--addr", Some(v)) => addr = v.parse().ok(),
+            ("--count", Some(v)) => count = v.parse().expect("bad --count"),
+            ("--hold", Some(v)) => hold = v.parse().expect("bad --hold"),
+            _ => {
+                eprintln!("usage: idle-conns --addr IP:PORT --count N [--hold SECS]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let addr = addr.expect("--addr IP:PORT is required");
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(count);
+    let mut failed = 0usize;
+    for i in 0..count {
+        match open(addr, i as u64) {
+            Ok(s) => conns.push(s),
+            Err(e) => {
+                failed += 1;
+                if failed <= 5 {
+                    eprintln!("idle-conns: connection {i}: {e}");
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("failed {failed}");
+    }
+    println!("ready {}", conns.len());
+    eprintln!(
+        "idle-conns: {} open in {:.1} s",
+        conns.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::io::stdout().flush();
+    // Hold until stdin closes or the hold time passes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(Duration::from_secs_f64(hold));
+    drop(conns);
+}
+
+fn open(addr: SocketAddr, n: u64) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A distinct 16-byte key per connection, base64-encoded.
+    let raw: [u8; 16] = std::array::from_fn(|i| (n.rotate_left(i as u32 * 5) as u8) ^ (i as u8 * 37));
+    let key = base64::engine::general_purpose::STANDARD.encode(raw);
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())?;
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let k = s.read(&mut buf)?;
+        if k == 0 || head.len() > 8192 {
+            return Err(std::io::Error::other("no complete 101 response"));
+        }
+        head.extend_from_slice(&buf[..k]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    if !text.starts_with("HTTP/1.1 101") {
+        return Err(std::io::Error::other(format!(
+            "not a 101: {}",
+            text.lines().next().unwrap_or("")
+        )));
+    }
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(GUID.as_bytes());
+    let want = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    let ok = text.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == want
+        })
+    });
+    if !ok {
+        return Err(std::io::Error::other("wrong or missing Sec-WebSocket-Accept"));
+    }
+    s.set_read_timeout(None)?;
+    Ok(s)
+}

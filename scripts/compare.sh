@@ -1,0 +1,404 @@
+#!/usr/bin/env bash
+# Compares the uringws echo server with three peers, one server thread each:
+#   uringws         target/release/uringws echo --threads 1
+#   fastwebsockets  bench/peers: fastwebsockets 0.10 over hyper 1, tokio current_thread
+#   tungstenite     bench/peers: tokio-tungstenite 0.30, tokio current_thread
+#   raw             bench/peers: raw-echo, the "framing floor" on tokio-uring (header rewrite
+#                   and a u64 unmask loop, no other WebSocket work; see its source)
+#
+# Usage: scripts/compare.sh            (ROUNDS=3 DURATION=5 by default)
+#   ROUNDS       rounds of every case and server (default 3, at least 3)
+#   DURATION     measured seconds per run (default 5); the load tool warms up WARMUP (1) s first
+#   SERVER_CPU   CPU the server is pinned to (default 0); LOAD_CPU for `uringws load` (default 1)
+#   MEM_CONNS    idle connections for the memory check (default 10000; 0 skips it)
+#   SKIP_BUILD=1 uses the binaries already built
+#
+# Method
+# - Each run starts a fresh server on its own port, pinned with `taskset -c $SERVER_CPU`, and
+#   `uringws load --threads 1 --json` pinned with `taskset -c $LOAD_CPU`.
+# - Order: for each round, for each case, each server in turn (A B C D A B C D ...), so that
+#   drift in the machine's load is spread over all servers.
+# - Server CPU per message: utime+stime of the server process (/proc/PID/stat, in clock ticks
+#   of `getconf CLK_TCK`), sampled by this script at launch+WARMUP and launch+WARMUP+DURATION,
+#   i.e. at the load tool's own warm-up end and window end (it starts its clock as it starts,
+#   so the two windows agree to a few milliseconds). The delta is divided by `messages`, the
+#   echoes the load tool received inside its measured window. The warm-up, connection set-up
+#   and closing handshakes are therefore not counted. The tick is 10 ms at CLK_TCK=100: about
+#   0.2% of a 5 s window of a busy server.
+# - Reported per case and server: the medians over the rounds of msgs/s, p99 latency and
+#   server us/msg, and each server's median msgs/s over uringws's. Runs with errors are kept
+#   in results.json with their error count (the table shows the sum). Noise is recorded too:
+#   per run, the share of the server's core that other processes took in the window, its
+#   irq/softirq share, and the 1-minute load average.
+# - Memory: for each server, a fresh server (one thread, pinned) gets MEM_CONNS idle WebSocket
+#   connections from bench/peers' `idle-conns` (a separate process on LOAD_CPU, so client and
+#   server each have their own fd limit). Reported: (VmRSS after all handshakes, settled 1 s)
+#   minus (VmRSS before any connection), divided by the connections open.
+# - Outputs: target/compare/results.json (every run, raw), target/compare/table.md, and
+#   target/compare/msgs_per_sec.png (gnuplot; installed from Debian when missing and root).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+MEM_CONNS=${MEM_CONNS:-10000}
+BASE_PORT=${BASE_PORT:-19100}
+OUT=$ROOT/target/compare
+PEERS=$ROOT/bench/peers
+UWS=$ROOT/target/release/uringws
+PEER_BIN=$PEERS/target/release
+CLK_TCK=$(getconf CLK_TCK)
+SERVERS=(uringws fastwebsockets tungstenite raw)
+# name|connections|size|pipeline
+CASES=(
+  "100 x 20 B|100|20|1"
+  "100 x 1 KiB|100|1024|1"
+  "10 x 64 KiB|10|65536|1"
+  "1000 x 20 B|1000|20|1"
+  "100 x 20 B, pipeline 16|100|20|16"
+)
+
+die() { echo "compare.sh: $*" >&2; exit 1; }
+[ "$ROUNDS" -ge 3 ] 2>/dev/null || die "ROUNDS must be a number >= 3 (got '$ROUNDS')"
+command -v taskset >/dev/null || die "taskset (util-linux) is required"
+command -v python3 >/dev/null || die "python3 is required (for the tables)"
+[ "$(nproc --all)" -gt "$((SERVER_CPU > LOAD_CPU ? SERVER_CPU : LOAD_CPU))" ] \
+  || die "CPUs $SERVER_CPU and $LOAD_CPU must both exist"
+
+T_START=$EPOCHREALTIME
+runs=$(( ROUNDS * ${#CASES[@]} * ${#SERVERS[@]} ))
+est=$(python3 -c "print(round(($runs * ($WARMUP + $DURATION + 1.5) + 4 * 15) / 60, 1))")
+echo "compare.sh: $runs runs of ${WARMUP}+${DURATION} s, about $est min plus the build" >&2
+if python3 -c "import sys; sys.exit(0 if $est > 15 else 1)"; then
+  echo "compare.sh: warning: that is over 15 minutes; lower ROUNDS or DURATION" >&2
+fi
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  echo "compare.sh: building uringws and bench/peers (release)" >&2
+  (cd "$ROOT" && nice cargo build --release --locked --bin uringws)
+  (cd "$PEERS" && nice cargo build --release --locked)
+fi
+for b in "$UWS" "$PEER_BIN/fastwebsockets-echo" "$PEER_BIN/tungstenite-echo" \
+         "$PEER_BIN/raw-echo" "$PEER_BIN/idle-conns"; do
+  [ -x "$b" ] || die "$b is missing (build it, or unset SKIP_BUILD)"
+done
+
+mkdir -p "$OUT/logs"
+RUNS_JSONL=$OUT/runs.jsonl
+MEM_JSONL=$OUT/memory.jsonl
+: >"$RUNS_JSONL"
+: >"$MEM_JSONL"
+
+port=$BASE_PORT
+SPID=
+
+# Starts server $1 on a fresh port, pinned, with one thread; sets SPID and PORT.
+start_server() {
+  local name=$1 log=$2
+  port=$((port + 1))
+  # A killed io_uring server releases its listener asynchronously: never reuse a port.
+  while ss -Htan "( sport = :$port or dport = :$port )" | grep -q .; do port=$((port + 1)); done
+  PORT=$port
+  local addr=127.0.0.1:$PORT
+  local -a cmd
+  case $name in
+    uringws)        cmd=("$UWS" echo) ;;
+    fastwebsockets) cmd=("$PEER_BIN/fastwebsockets-echo") ;;
+    tungstenite)    cmd=("$PEER_BIN/tungstenite-echo") ;;
+    raw)            cmd=("$PEER_BIN/raw-echo") ;;
+  esac
+  # taskset execs the server, so $! is the server's own pid.
+  taskset -c "$SERVER_CPU" "${cmd[@]}" --threads 1 --addr "$addr" >"$log" 2>&1 &
+  SPID=$!
+  local i
+  for i in $(seq 100); do
+    if ss -Hltn "sport = :$PORT" | grep -q .; then return 0; fi
+    kill -0 "$SPID" 2>/dev/null || die "$name exited at start; see $log"
+    sleep 0.05
+  done
+  die "$name is not listening on $addr after 5 s; see $log"
+}
+
+# Stops the server started last (SIGTERM, then SIGKILL after 5 s).
+stop_server() {
+  [ -n "$SPID" ] || return 0
+  kill -TERM "$SPID" 2>/dev/null || true
+  local i
+  for i in $(seq 50); do
+    kill -0 "$SPID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$SPID" 2>/dev/null || true
+  wait "$SPID" 2>/dev/null || true
+  SPID=
+}
+trap 'stop_server' EXIT
+
+# utime+stime of process $1 in clock ticks.
+cpu_ticks() {
+  local stat
+  stat=$(<"/proc/$1/stat")
+  local rest=${stat##*) }
+  local -a f
+  read -r -a f <<<"$rest"
+  # Fields 14 and 15 of stat(5); `rest` starts at field 3.
+  echo $(( f[11] + f[12] ))
+}
+
+# "process irq total" clock ticks of CPU $1 from /proc/stat: time in processes (user nice
+# system steal), in interrupts (irq softirq: loopback packet processing lands here), and all.
+cpu_core_ticks() {
+  local line
+  line=$(grep "^cpu$1 " /proc/stat)
+  local -a f
+  read -r -a f <<<"$line"
+  local proc=$(( f[1] + f[2] + f[3] + f[8] )) irq=$(( f[6] + f[7] ))
+  echo "$proc $irq $(( proc + irq + f[4] + f[5] ))"
+}
+
+# Sleeps until $1 microseconds since the epoch.
+sleep_until_us() {
+  local t=${EPOCHREALTIME/[.,]/}
+  local d=$(( $1 - t ))
+  if [ "$d" -gt 0 ]; then sleep "$(printf '%d.%06d' $((d / 1000000)) $((d % 1000000)))"; fi
+}
+
+# One measured run: server $1, case $2 (index), round $3.
+run_one() {
+  local server=$1 ci=$2 round=$3
+  local name conns size pipeline
+  IFS='|' read -r name conns size pipeline <<<"${CASES[$ci]}"
+  local tag="r${round}-c${ci}-${server}"
+  start_server "$server" "$OUT/logs/$tag.server.log"
+  local t0 c0 c1 c2 rc=0
+  local warm_us dur_us
+  warm_us=$(python3 -c "print(round($WARMUP * 1e6))")
+  dur_us=$(python3 -c "print(round($DURATION * 1e6))")
+  c0=$(cpu_ticks "$SPID")
+  t0=${EPOCHREALTIME/[.,]/}
+  taskset -c "$LOAD_CPU" "$UWS" load --url "ws://127.0.0.1:$PORT/" --connections "$conns" \
+    --size "$size" --pipeline "$pipeline" --duration "$DURATION" --warmup "$WARMUP" \
+    --threads 1 --json >"$OUT/logs/$tag.load.json" 2>"$OUT/logs/$tag.load.err" &
+  local lpid=$!
+  sleep_until_us $(( t0 + warm_us ))
+  c1=$(cpu_ticks "$SPID")
+  local k1 k2 la
+  k1=$(cpu_core_ticks "$SERVER_CPU")
+  sleep_until_us $(( t0 + warm_us + dur_us ))
+  c2=$(cpu_ticks "$SPID")
+  k2=$(cpu_core_ticks "$SERVER_CPU")
+  la=$(cut -d' ' -f1 /proc/loadavg)
+  wait "$lpid" || rc=$?
+  local c3
+  c3=$(cpu_ticks "$SPID")
+  stop_server
+  python3 - "$OUT/logs/$tag.load.json" "$RUNS_JSONL" <<EOF
+import json, sys
+path, out = sys.argv[1], sys.argv[2]
+try:
+    load = json.loads(open(path).read().strip().splitlines()[-1])
+except Exception as e:
+    load = {"errors": None, "parse_error": str(e)}
+ticks = $c2 - $c1
+k1, k2 = "$k1".split(), "$k2".split()
+core_proc, core_irq, core_total = (int(b) - int(a) for a, b in zip(k1, k2))
+msgs = load.get("messages") or 0
+rec = {
+    "round": $round, "case": "$name", "server": "$server",
+    "connections": $conns, "size": $size, "pipeline": $pipeline,
+    "duration_s": $DURATION, "warmup_s": $WARMUP, "load_exit": $rc,
+    "server_cpu_ticks_window": ticks, "server_cpu_ticks_total": $c3 - $c0,
+    "clk_tck": $CLK_TCK,
+    "server_cpu_s_window": ticks / $CLK_TCK,
+    "server_us_per_msg": (ticks / $CLK_TCK * 1e6 / msgs) if msgs else None,
+    # The server's core over the same window: ticks in processes, in irq/softirq, and all;
+    # the share of its time that other processes took (other work on the machine).
+    "server_core_process_ticks": core_proc, "server_core_irq_ticks": core_irq,
+    "server_core_total_ticks": core_total,
+    "server_core_foreign_share": (max(0, core_proc - ticks) / core_total) if core_total else None,
+    "server_core_irq_share": (core_irq / core_total) if core_total else None,
+    "loadavg_1m": $la,
+    "load": load,
+}
+open(out, "a").write(json.dumps(rec) + "\n")
+print(f"  {rec['case']:<24} {rec['server']:<15} {load.get('msgs_per_sec', 0) or 0:>10.0f} msg/s"
+      f"  p99 {load.get('p99_us')} us  cpu {rec['server_cpu_s_window']:.2f} s"
+      f"  {rec['server_us_per_msg'] or 0:.2f} us/msg  errors {load.get('errors')}"
+      f"  other procs {100 * (rec['server_core_foreign_share'] or 0):.0f}%"
+      f"  irq {100 * (rec['server_core_irq_share'] or 0):.0f}%  loadavg {$la}", file=sys.stderr)
+EOF
+}
+
+# The memory check for server $1.
+mem_one() {
+  local server=$1
+  start_server "$server" "$OUT/logs/mem-$server.server.log"
+  sleep 0.5
+  local before after after2 ready
+  before=$(awk '/^VmRSS:/ {print $2}' "/proc/$SPID/status")
+  coproc IC { taskset -c "$LOAD_CPU" "$PEER_BIN/idle-conns" --addr "127.0.0.1:$PORT" \
+                --count "$MEM_CONNS" --hold 120 2>"$OUT/logs/mem-$server.client.err"; }
+  local icpid=$IC_PID
+  ready=0
+  if read -r -t 100 line <&"${IC[0]}"; then ready=${line#ready }; fi
+  sleep 1
+  after=$(awk '/^VmRSS:/ {print $2}' "/proc/$SPID/status")
+  sleep 0.5
+  after2=$(awk '/^VmRSS:/ {print $2}' "/proc/$SPID/status")
+  local fds
+  fds=$(ls "/proc/$SPID/fd" | wc -l)
+  local wfd=${IC[1]}
+  exec {wfd}>&-
+  wait "$icpid" 2>/dev/null || true
+  stop_server
+  python3 - "$MEM_JSONL" <<EOF
+import json, sys
+ready = int("$ready" or 0)
+after = max($after, $after2)
+rec = {"server": "$server", "connections_asked": $MEM_CONNS, "connections_open": ready,
+       "server_fds": $fds, "vmrss_before_kib": $before, "vmrss_after_kib": after,
+       "kib_per_connection": ((after - $before) / ready) if ready else None}
+open(sys.argv[1], "a").write(json.dumps(rec) + "\n")
+print(f"  memory {rec['server']:<15} {ready} open: {$before} -> {after} KiB,"
+      f" {rec['kib_per_connection'] or 0:.2f} KiB/conn", file=sys.stderr)
+EOF
+}
+
+echo "compare.sh: servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU, CLK_TCK $CLK_TCK" >&2
+for round in $(seq "$ROUNDS"); do
+  echo "compare.sh: round $round of $ROUNDS" >&2
+  for ci in "${!CASES[@]}"; do
+    for server in "${SERVERS[@]}"; do
+      run_one "$server" "$ci" "$round"
+    done
+  done
+done
+
+if [ "$MEM_CONNS" -gt 0 ]; then
+  echo "compare.sh: memory, $MEM_CONNS idle connections per server" >&2
+  for server in "${SERVERS[@]}"; do
+    mem_one "$server"
+  done
+fi
+
+T_END=$EPOCHREALTIME
+
+# Results, table and plot.
+python3 - "$OUT" "$T_START" "$T_END" "$(uname -r)" "$(nproc)" "$ROUNDS" "$DURATION" "$WARMUP" \
+  "$SERVER_CPU" "$LOAD_CPU" "${SERVERS[*]}" <<'EOF'
+import json, statistics, sys
+out, t0, t1, kernel, ncpu, rounds, duration, warmup, scpu, lcpu, servers = sys.argv[1:]
+servers = servers.split()
+runs = [json.loads(l) for l in open(f"{out}/runs.jsonl")]
+mem = [json.loads(l) for l in open(f"{out}/memory.jsonl")]
+cases = list(dict.fromkeys(r["case"] for r in runs))
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+summary = []
+for c in cases:
+    for s in servers:
+        rs = [r for r in runs if r["case"] == c and r["server"] == s]
+        summary.append({
+            "case": c, "server": s, "runs": len(rs),
+            "msgs_per_sec": med([r["load"].get("msgs_per_sec") for r in rs]),
+            "p99_us": med([r["load"].get("p99_us") for r in rs]),
+            "server_us_per_msg": med([r["server_us_per_msg"] for r in rs]),
+            "errors": sum((r["load"].get("errors") or 0) for r in rs),
+            "server_core_foreign_share": med([r["server_core_foreign_share"] for r in rs]),
+            "msgs_per_sec_rounds": [r["load"].get("msgs_per_sec") for r in rs],
+        })
+for row in summary:
+    base = next(x for x in summary if x["case"] == row["case"] and x["server"] == "uringws")
+    row["ratio_to_uringws"] = (row["msgs_per_sec"] / base["msgs_per_sec"]
+                               if row["msgs_per_sec"] and base["msgs_per_sec"] else None)
+
+elapsed = float(t1) - float(t0)
+doc = {
+    "method": {
+        "rounds": int(rounds), "duration_s": float(duration), "warmup_s": float(warmup),
+        "server_cpu": int(scpu), "load_cpu": int(lcpu), "server_threads": 1, "load_threads": 1,
+        "kernel": kernel, "cpus": int(ncpu),
+        "server_us_per_msg": "(utime+stime delta over the load tool's measured window, "
+                             "sampled at launch+warmup and launch+warmup+duration) / "
+                             "messages echoed in that window",
+        "order": "for each round, for each case, each server in turn",
+    },
+    "elapsed_s": round(elapsed, 1),
+    "summary": summary, "memory": mem, "runs": runs,
+}
+json.dump(doc, open(f"{out}/results.json", "w"), indent=1)
+
+def f(v, fmt):
+    return "-" if v is None else format(v, fmt)
+
+lines = [
+    f"Median of {rounds} rounds, {duration} s measured after {warmup} s warm-up; each server "
+    f"one thread on CPU {scpu}, `uringws load --threads 1` on CPU {lcpu}; kernel {kernel}.",
+    "",
+    "| case | server | msgs/s | p99 µs | server µs/msg | msgs/s ÷ uringws | errors | other processes on server core |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+]
+for row in summary:
+    lines.append(
+        f"| {row['case']} | {row['server']} | {f(row['msgs_per_sec'], ',.0f')} | "
+        f"{f(row['p99_us'], '.0f')} | {f(row['server_us_per_msg'], '.2f')} | "
+        f"{f(row['ratio_to_uringws'], '.2f')} | {row['errors']} | "
+        f"{f(None if row['server_core_foreign_share'] is None else 100 * row['server_core_foreign_share'], '.0f')}% |")
+if mem:
+    lines += ["", f"Idle connections after the handshake (server VmRSS growth):", "",
+              "| server | connections open | RSS before KiB | RSS after KiB | KiB per connection |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for m in mem:
+        lines.append(f"| {m['server']} | {m['connections_open']} | {m['vmrss_before_kib']} | "
+                     f"{m['vmrss_after_kib']} | {f(m['kib_per_connection'], '.2f')} |")
+lines += ["", "Medians per case and server. \"other processes on server core\": the median share "
+          "of the server core's time over the measured window taken by processes other than the "
+          "server (irq/softirq time, where loopback packets are processed, is not counted in it): "
+          "a noisy machine shows here.", "", f"Total time {elapsed / 60:.1f} min."]
+table = "\n".join(lines) + "\n"
+open(f"{out}/table.md", "w").write(table)
+print(table)
+
+# Data for the plot: one row per case, one column per server.
+with open(f"{out}/msgs_per_sec.dat", "w") as fh:
+    fh.write("case " + " ".join(servers) + "\n")
+    for c in cases:
+        vals = [next(x for x in summary if x["case"] == c and x["server"] == s)["msgs_per_sec"] or 0
+                for s in servers]
+        fh.write('"' + c.replace(", ", "\\n") + '" ' + " ".join(f"{v:.0f}" for v in vals) + "\n")
+EOF
+
+if ! command -v gnuplot >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "compare.sh: installing gnuplot-nox for the plot" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnuplot-nox) \
+    >"$OUT/logs/apt-gnuplot.log" 2>&1 || true
+fi
+if command -v gnuplot >/dev/null; then
+  gnuplot <<EOF
+set terminal pngcairo size 1100,600 noenhanced font ",10"
+set output "$OUT/msgs_per_sec.png"
+set title "Echo throughput, one server thread (median of $ROUNDS x ${DURATION} s; log scale)"
+set ylabel "messages per second"
+set logscale y
+set yrange [1000:*]
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set key outside top center horizontal
+set bmargin 4
+set grid ytics
+set format y "%.0s%c"
+plot for [i=2:$(( ${#SERVERS[@]} + 1 ))] "$OUT/msgs_per_sec.dat" using i:xtic(1) title columnheader(i)
+EOF
+  echo "compare.sh: plot $OUT/msgs_per_sec.png" >&2
+else
+  echo "compare.sh: gnuplot is not available: no plot" >&2
+fi
+echo "compare.sh: wrote $OUT/results.json and $OUT/table.md" >&2
