@@ -40,8 +40,7 @@ use crate::server::WebSocket;
 /// clients. Fails with [`Error::IoUringUnavailable`] when io_uring cannot be set up.
 pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
     crate::error::check_kernel()?;
-    let rt =
-        tokio_uring::Runtime::new(&tokio_uring::builder()).map_err(|e| io_uring_unavailable(&e))?;
+    let rt = crate::server::runtime().map_err(|e| io_uring_unavailable(&e))?;
     Ok(rt.block_on(future))
 }
 
@@ -275,7 +274,7 @@ impl Connector {
             conn.set_phase(Phase::Done);
             return Err(Error::Io(e));
         }
-        let mut buf = ReadBuf::Heap(vec![0u8; self.read_buffer_size]);
+        let mut buf = ReadBuf::heap(self.read_buffer_size);
         let mut scanner = HeadScanner::new(handshake::DEFAULT_MAX_REQUEST.min(buf.capacity()));
         let mut end = 0;
         let head_len = loop {

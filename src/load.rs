@@ -473,9 +473,7 @@ impl Stats {
 
 /// One thread: its own io_uring runtime running `conns` connections to completion.
 fn thread_main(plan: Arc<Plan>, shared: Arc<Shared>, conns: usize) -> uringws::Result<Stats> {
-    let mut builder = tokio_uring::builder();
-    builder.entries(1024);
-    let rt = tokio_uring::Runtime::new(&builder).map_err(|e| io_uring_unavailable(&e))?;
+    let rt = uringws::server::runtime().map_err(|e| io_uring_unavailable(&e))?;
     let stats = rt.block_on(async move {
         let stats = Rc::new(RefCell::new(Stats::default()));
         let tasks: Vec<_> = (0..conns)

@@ -47,10 +47,10 @@ struct EchoArgs {
     #[arg(long, default_value_t = 8192)]
     max_handshake: usize,
     /// Read buffer per connection in bytes.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = (64 << 10) + 64)]
     read_buffer: usize,
     /// Registered read buffers per thread (at most 1024).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 128)]
     registered_buffers: usize,
     /// Send queue high-water mark per connection in bytes.
     #[arg(long, default_value_t = 1 << 20)]

@@ -15,7 +15,7 @@ const CONNECTIONS: usize = 2000;
 const MESSAGES: usize = 100;
 
 fn payload(conn: usize, i: usize) -> Vec<u8> {
-    // Every 25th message is larger than the 16 KiB read buffer.
+    // Every 25th message is larger than a small read buffer (the test server uses 16 KiB).
     let len = if i % 25 == 24 {
         40_000
     } else {

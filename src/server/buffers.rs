@@ -7,16 +7,22 @@
 //! pool is never waited on. Reads into a registered buffer use `read_fixed`, which spares the kernel the
 //! page pinning of every read.
 
+use std::cell::RefCell;
 use std::io;
 
 use tokio_uring::buf::fixed::{FixedBuf, FixedBufPool};
-use tokio_uring::buf::BoundedBuf;
+use tokio_uring::buf::{BoundedBuf, IoBuf};
 use tokio_uring::net::TcpStream;
+
+/// Heap buffers kept for reuse (beyond the registered ones), so that connections that go
+/// idle and wake up do not allocate and zero a buffer each time.
+const SPARE_HEAP_BUFFERS: usize = 64;
 
 /// The per-thread buffer pool.
 pub(crate) struct BufferPool {
     pool: Option<FixedBufPool<Vec<u8>>>,
     size: usize,
+    spare: RefCell<Vec<Vec<u8>>>,
 }
 
 impl BufferPool {
@@ -33,6 +39,7 @@ impl BufferPool {
                     return BufferPool {
                         pool: Some(pool),
                         size,
+                        spare: RefCell::default(),
                     }
                 }
                 Err(e) => {
@@ -46,31 +53,55 @@ impl BufferPool {
                 "could not register read buffers of {size} bytes (RLIMIT_MEMLOCK?); using heap buffers"
             );
         }
-        BufferPool { pool: None, size }
+        BufferPool {
+            pool: None,
+            size,
+            spare: RefCell::default(),
+        }
     }
 
     /// A buffer for one connection: registered when one is free, else from the heap.
     pub(crate) fn checkout(&self) -> ReadBuf {
-        match self.pool.as_ref().and_then(|p| p.try_next(self.size)) {
-            Some(fixed) => ReadBuf::Fixed(fixed),
-            None => ReadBuf::Heap(vec![0u8; self.size]),
+        if let Some(fixed) = self.pool.as_ref().and_then(|p| p.try_next(self.size)) {
+            return ReadBuf::Fixed(fixed);
+        }
+        match self.spare.borrow_mut().pop() {
+            Some(buf) => ReadBuf::Heap(buf),
+            None => ReadBuf::heap(self.size),
+        }
+    }
+
+    /// Gives a buffer back: a registered one returns to the ring's pool when dropped, a heap
+    /// one is kept for reuse (up to a few) or freed.
+    pub(crate) fn checkin(&self, buf: ReadBuf) {
+        if let ReadBuf::Heap(v) = buf {
+            let mut spare = self.spare.borrow_mut();
+            if spare.len() < SPARE_HEAP_BUFFERS && v.capacity() == self.size {
+                spare.push(v);
+            }
         }
     }
 }
 
-/// A connection's read buffer. Its whole capacity is always initialised, so that reads can
-/// target any offset; the connection keeps its own `start..end` cursors.
+/// A connection's read buffer; the connection keeps its own `start..end` cursors inside the
+/// initialised part (every byte up to `end` was read into it). Heap buffers are not zeroed:
+/// a read initialises what it fills.
 pub(crate) enum ReadBuf {
     /// A registered buffer, read with `read_fixed`.
     Fixed(FixedBuf),
-    /// A heap buffer, read with `read`.
+    /// A heap buffer, read with `read`; its length is the initialised part.
     Heap(Vec<u8>),
     /// Transiently empty while a read owns the buffer.
     Taken,
 }
 
 impl ReadBuf {
-    /// The buffer's bytes.
+    /// An empty heap buffer of exactly `size` bytes of capacity, not zeroed.
+    pub(crate) fn heap(size: usize) -> Self {
+        ReadBuf::Heap(Vec::with_capacity(size))
+    }
+
+    /// The initialised bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             ReadBuf::Fixed(b) => b,
@@ -79,7 +110,7 @@ impl ReadBuf {
         }
     }
 
-    /// The buffer's bytes, mutably.
+    /// The initialised bytes, mutably.
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
             ReadBuf::Fixed(b) => b,
@@ -90,7 +121,12 @@ impl ReadBuf {
 
     /// The buffer's capacity.
     pub(crate) fn capacity(&self) -> usize {
-        self.bytes().len()
+        match self {
+            ReadBuf::Fixed(b) => IoBuf::bytes_total(b),
+            // `Vec::with_capacity` gives exactly the capacity asked for.
+            ReadBuf::Heap(v) => v.capacity(),
+            ReadBuf::Taken => 0,
+        }
     }
 
     /// Reads from `stream` into `self[at..]`, returning the number of bytes read (0 at EOF).
