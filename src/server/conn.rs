@@ -2,7 +2,7 @@
 //! buffer, plain HTTP answers, the handler's run, the closing handshake, and the watchdog that
 //! enforces every timeout by shutting the socket down (never by dropping an in-flight read).
 
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use tokio_uring::net::TcpStream;
@@ -13,7 +13,7 @@ use crate::proto::handshake::{self, Handshake, HeadScanner, UpgradeRequest};
 use crate::proto::message::{Reader, ReaderConfig};
 use crate::server::buffers::ReadBuf;
 use crate::server::websocket::{
-    finish, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, WebSocket,
+    finish, linger, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, WebSocket,
 };
 use crate::server::{HttpResponse, ThreadCtx};
 
@@ -198,18 +198,7 @@ async fn refuse(conn: &Conn, e: &handshake::HandshakeError, peer: SocketAddr) {
 /// Closes a connection that never became a WebSocket: FIN, then wait briefly for the peer's
 /// EOF so that unread request bytes do not turn the close into a reset that eats our answer.
 async fn finish_plain(conn: &Conn) {
-    let _ = conn.stream.shutdown(Shutdown::Write);
-    conn.set_phase(Phase::Closing);
-    let mut scratch = vec![0u8; 512];
-    let mut total = 0usize;
-    while total < (1 << 20) {
-        let (res, buf) = conn.stream.read(scratch).await;
-        scratch = buf;
-        match res {
-            Ok(0) | Err(_) => break,
-            Ok(n) => total += n,
-        }
-    }
+    linger(conn).await;
     conn.set_phase(Phase::Done);
 }
 
