@@ -20,7 +20,8 @@ use crate::server::{HttpResponse, ThreadCtx};
 /// Serves one accepted connection to the end.
 pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let buf = ctx.buffers.checkout();
+    // The buffer is checked out once the first bytes are there (see `handshake`).
+    let buf = ReadBuf::Taken;
     let id = ctx.next_id();
     tracing::debug!(%peer, id, "accepted");
     let conn = Conn::new(
@@ -48,7 +49,7 @@ async fn handshake(
     let config = &ctx.config;
     let mut end = 0;
     loop {
-        let mut scanner = HeadScanner::new(config.max_handshake_size.min(buf.capacity()));
+        let mut scanner = HeadScanner::new(config.max_handshake_size.min(config.read_buffer_size));
         let head_len = loop {
             match scanner.scan(&buf.bytes()[..end]) {
                 Ok(Some(n)) => break n,
@@ -57,6 +58,14 @@ async fn handshake(
                     refuse(conn, &e, peer).await;
                     return None;
                 }
+            }
+            if end == 0 {
+                // Nothing received yet: wait without pinning a buffer, so that connections
+                // that open and stay silent cost no read buffer.
+                conn.wait_readable().await;
+            }
+            if let ReadBuf::Taken = buf {
+                buf = ctx.buffers.checkout();
             }
             match buf.read_at(&conn.stream, end).await {
                 Ok(0) | Err(_) => {
@@ -106,7 +115,7 @@ async fn handshake(
                     let reader = Reader::new(ReaderConfig {
                         max_frame: config.max_frame_size,
                         max_message: config.max_message_size,
-                        inline_limit: buf.capacity(),
+                        inline_limit: config.read_buffer_size,
                         ..ReaderConfig::new(Role::Server)
                     });
                     let state = RxState::new(buf, head_len, end, reader, ctx.buffers.clone());

@@ -182,6 +182,18 @@ impl Conn {
             .as_ref()
     }
 
+    /// Waits until the socket is readable (or closed), without pinning any buffer. Without a
+    /// readiness registration it returns at once and the read that follows waits instead.
+    pub(crate) async fn wait_readable(&self) {
+        if let Some(readiness) = self.readiness() {
+            if let Ok(mut guard) = readiness.readable().await {
+                // The read that follows takes what is there; a later arrival sets the
+                // readiness again.
+                guard.clear_ready();
+            }
+        }
+    }
+
     /// Facts about the connection (empty before the handshake completes).
     pub(crate) fn info(&self) -> &ConnectionInfo {
         static EMPTY: ConnectionInfo = ConnectionInfo {
@@ -446,15 +458,9 @@ impl RxState {
             self.start = 0;
             self.end = 0;
             if self.drained {
-                if let Some(readiness) = conn.readiness() {
-                    self.pool
-                        .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
-                    if let Ok(mut guard) = readiness.readable().await {
-                        // The read below takes what is there; a later arrival sets the
-                        // readiness again.
-                        guard.clear_ready();
-                    }
-                }
+                self.pool
+                    .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
+                conn.wait_readable().await;
             }
         } else if self.start > 0 {
             let (start, end) = (self.start, self.end);
