@@ -230,6 +230,22 @@ SPEC="$WORK/spec.json"
 SERVER_LOG="$WORK/server.log"
 TIMEOUT_SECS="${UWS_AUTOBAHN_TIMEOUT:-1500}"
 
+# Summarises $OUTDIR/index.json: a full run (all cases) into scripts/$1, a partial run into
+# $WORK/$2 (so that it cannot overwrite the committed summary); $3 names the mode.
+summarize() {
+    local summary
+    if [[ "$CASES" == '*' ]]; then summary="$SCRIPT_DIR/$1"; else summary="$WORK/$2"; fi
+    if [[ ! -f "$OUTDIR/index.json" ]]; then
+        log "no $OUTDIR/index.json was written"
+        return 1
+    fi
+    local status=0
+    UWS_AUTOBAHN_MODE="$3" python3 "$SCRIPT_DIR/autobahn_summary.py" "$OUTDIR/index.json" "$summary" \
+        || status=$?
+    log "summary written to $summary; HTML report: $OUTDIR/index.html"
+    return "$status"
+}
+
 if [[ $CLIENT -eq 1 ]]; then
     # The client role: wstest is the server, examples/autobahn_client the testee.
     if [[ "${UWS_NO_BUILD:-0}" != 1 ]]; then
@@ -266,19 +282,9 @@ PY
     testee_status=0
     timeout --kill-after=10 "$TIMEOUT_SECS" "$TESTEE" "ws://127.0.0.1:$PORT" uringws \
         > "$WORK/testee.log" 2>&1 || testee_status=$?
-    if [[ "$CASES" == '*' ]]; then
-        SUMMARY="$SCRIPT_DIR/autobahn-client-summary.txt"
-    else
-        SUMMARY="$WORK/client-summary.txt"
-    fi
     summary_status=0
-    if [[ -f "$OUTDIR/index.json" ]]; then
-        UWS_AUTOBAHN_MODE="fuzzingserver (client role)" python3 "$SCRIPT_DIR/autobahn_summary.py" "$OUTDIR/index.json" "$SUMMARY" || summary_status=$?
-        log "summary written to $SUMMARY; HTML report: $OUTDIR/index.html"
-    else
-        log "no $OUTDIR/index.json was written"
-        summary_status=1
-    fi
+    summarize "autobahn-client-summary.txt" "client-summary.txt" "fuzzingserver (client role)" \
+        || summary_status=$?
     if [[ $testee_status -ne 0 ]]; then
         log "the client testee failed (exit status $testee_status); last lines of $WORK/testee.log:"
         tail -n 20 "$WORK/testee.log" >&2 || true
@@ -378,19 +384,8 @@ server_ok=1
 server_alive || server_ok=0
 stop_server
 
-if [[ "$CASES" == '*' ]]; then
-    SUMMARY="$SCRIPT_DIR/autobahn-summary.txt"
-else
-    SUMMARY="$WORK/summary.txt"
-fi
 summary_status=0
-if [[ -f "$OUTDIR/index.json" ]]; then
-    python3 "$SCRIPT_DIR/autobahn_summary.py" "$OUTDIR/index.json" "$SUMMARY" || summary_status=$?
-    log "summary written to $SUMMARY; HTML report: $OUTDIR/index.html"
-else
-    log "no $OUTDIR/index.json was written"
-    summary_status=1
-fi
+summarize "autobahn-summary.txt" "summary.txt" "fuzzingclient (server role)" || summary_status=$?
 
 status=0
 if [[ $wstest_status -ne 0 ]]; then
