@@ -90,17 +90,7 @@ async fn handshake(
                 let has_body = !matches!(request.body_len(), Ok(0));
                 keep_alive = request.keep_alive() && !has_body;
                 tracing::debug!(%peer, path = request.path, status = response.status, "plain HTTP request");
-                let headers: Vec<(&str, &str)> = response
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                let body: &[u8] = if request.method == "HEAD" {
-                    &[]
-                } else {
-                    &response.body
-                };
-                handshake::write_response(response.status, &headers, body, keep_alive, &mut out);
+                response.write(request.method == "HEAD", keep_alive, &mut out);
             }
             Ok(Handshake::WebSocket(upgrade)) => match accept(ctx, &upgrade, &mut out) {
                 Ok(protocol) => {
@@ -123,18 +113,7 @@ async fn handshake(
                 }
                 Err(response) => {
                     tracing::debug!(%peer, status = response.status, "upgrade refused by the application");
-                    let headers: Vec<(&str, &str)> = response
-                        .headers
-                        .iter()
-                        .map(|(n, v)| (n.as_str(), v.as_str()))
-                        .collect();
-                    handshake::write_response(
-                        response.status,
-                        &headers,
-                        &response.body,
-                        false,
-                        &mut out,
-                    );
+                    response.write(false, false, &mut out);
                     keep_alive = false;
                 }
             },

@@ -158,6 +158,17 @@ impl HttpResponse {
         self
     }
 
+    /// Appends the whole response to `out` (without the body for a HEAD request).
+    pub(crate) fn write(&self, head_only: bool, keep_alive: bool, out: &mut Vec<u8>) {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let body: &[u8] = if head_only { &[] } else { &self.body };
+        crate::proto::handshake::write_response(self.status, &headers, body, keep_alive, out);
+    }
+
     /// The default answer to a plain HTTP request: 426 Upgrade Required.
     pub fn upgrade_required() -> Self {
         HttpResponse::text(
