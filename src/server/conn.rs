@@ -21,7 +21,7 @@ use crate::server::{HttpResponse, ThreadCtx};
 pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     // The buffer is checked out once the first bytes are there (see `handshake`).
-    let buf = ReadBuf::Taken;
+    let mut buf = ReadBuf::Taken;
     let id = ctx.next_id();
     tracing::debug!(%peer, id, "accepted");
     let conn = Conn::new(
@@ -32,20 +32,32 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
     );
     ctx.register(id, conn.clone());
     tokio_uring::spawn(watchdog(conn.clone()));
-    if let Some(state) = handshake(&ctx, &conn, buf, peer).await {
-        run(&ctx, conn, state).await;
+    match handshake(&ctx, &conn, &mut buf, peer).await {
+        Some((start, end)) => {
+            let config = &ctx.config;
+            let reader = Reader::new(ReaderConfig {
+                max_frame: config.max_frame_size,
+                max_message: config.max_message_size,
+                inline_limit: config.read_buffer_size,
+                ..ReaderConfig::new(Role::Server)
+            });
+            let state = RxState::new(buf, start, end, reader, ctx.buffers.clone());
+            run(&ctx, conn, state).await;
+        }
+        None => ctx.buffers.checkin(buf),
     }
     ctx.unregister(id);
 }
 
-/// Reads requests until a WebSocket upgrade is accepted; answers plain HTTP requests and
-/// refusals. Returns the receive state of the open WebSocket, or `None` when it closed.
+/// Reads requests into `buf` until a WebSocket upgrade is accepted; answers plain HTTP
+/// requests and refusals. Returns where the bytes after the upgrade request lie in `buf`
+/// (`start..end`), or `None` when the connection closed.
 async fn handshake(
     ctx: &ThreadCtx,
     conn: &Conn,
-    mut buf: ReadBuf,
+    buf: &mut ReadBuf,
     peer: SocketAddr,
-) -> Option<RxState> {
+) -> Option<(usize, usize)> {
     let config = &ctx.config;
     let mut end = 0;
     loop {
@@ -61,11 +73,12 @@ async fn handshake(
             }
             if end == 0 {
                 // Nothing received yet: wait without pinning a buffer, so that connections
-                // that open and stay silent cost no read buffer.
+                // that open (or keep alive) and stay silent cost no read buffer.
+                ctx.buffers.checkin(std::mem::replace(buf, ReadBuf::Taken));
                 conn.wait_readable().await;
             }
             if let ReadBuf::Taken = buf {
-                buf = ctx.buffers.checkout();
+                *buf = ctx.buffers.checkout();
             }
             match buf.read_at(&conn.stream, end).await {
                 Ok(0) | Err(_) => {
@@ -102,14 +115,7 @@ async fn handshake(
                     }
                     tracing::debug!(%peer, path = info.path, "upgraded");
                     let _ = conn.info.set(info);
-                    let reader = Reader::new(ReaderConfig {
-                        max_frame: config.max_frame_size,
-                        max_message: config.max_message_size,
-                        inline_limit: config.read_buffer_size,
-                        ..ReaderConfig::new(Role::Server)
-                    });
-                    let state = RxState::new(buf, head_len, end, reader, ctx.buffers.clone());
-                    return Some(state);
+                    return Some((head_len, end));
                 }
                 Err(response) => {
                     tracing::debug!(%peer, status = response.status, "upgrade refused by the application");

@@ -416,6 +416,13 @@ pub(crate) struct RxState {
     pub(crate) finished: bool,
 }
 
+impl Drop for RxState {
+    fn drop(&mut self) {
+        self.pool
+            .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
+    }
+}
+
 /// What one step of the receive loop found.
 enum Got {
     /// A data message is ready at `base`.
