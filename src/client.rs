@@ -262,11 +262,13 @@ impl Connector {
             &mut request,
         )
         .map_err(|e| Error::Config(e.to_string()))?;
+        let pool = Rc::new(BufferPool::new(0, self.read_buffer_size));
         let conn = Conn::new(
             stream,
             self.send_queue_limit,
             self.timeouts,
             Some(Box::new(move || rng.gen())),
+            pool.clone(),
         );
         tokio_uring::spawn(watchdog(conn.clone()));
         let (res, _) = conn.stream.write_all(request).await;
@@ -341,7 +343,6 @@ impl Connector {
             inline_limit: buf.capacity(),
             ..ReaderConfig::new(Role::Client)
         });
-        let pool = Rc::new(BufferPool::new(0, self.read_buffer_size));
         let state = RxState::new(buf, head_len, end, reader, pool);
         conn.set_phase(Phase::Open);
         tokio_uring::spawn(writer(conn.clone()));

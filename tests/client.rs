@@ -45,6 +45,53 @@ fn client_talks_to_the_server() {
     server.shutdown().unwrap();
 }
 
+#[test]
+fn large_messages_round_trip_again_and_again() {
+    // A small server read buffer: most of every payload is read straight into the
+    // reassembly buffer, which then comes back from the thread's pool for the next message.
+    let Some(server) = start(local(1).read_buffer_size(16 << 10)) else {
+        return;
+    };
+    let url = format!("ws://{}/", server.local_addr());
+    let binary: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let text = "κόσμε, ".repeat(150_000); // 1.5 MB of two-byte code points
+    let (b2, t2) = (binary.clone(), text.clone());
+    let got = client::block_on(async move {
+        let ws = client::connect(&url).await?;
+        let (mut rx, tx) = ws.split();
+        let mut got = Vec::new();
+        for round in 0..3 {
+            tx.send_binary(&b2[..b2.len() - round * 1000]).await?;
+            tx.send_text(&t2).await?;
+            tx.send_binary(&b2[..70_000]).await?;
+            tx.send_text("small").await?;
+            for _ in 0..4 {
+                got.push(rx.recv().await?.unwrap().into_owned());
+            }
+        }
+        tx.close(CloseCode::NORMAL, "")?;
+        assert!(rx.recv().await?.is_none());
+        Ok::<_, Error>(got)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(got.len(), 12);
+    for (round, msgs) in got.chunks(4).enumerate() {
+        let want = &binary[..binary.len() - round * 1000];
+        assert!(
+            msgs[0] == OwnedMessage::Binary(want.to_vec().into()),
+            "round {round}"
+        );
+        assert!(
+            msgs[1] == OwnedMessage::Text(text.clone().into()),
+            "round {round}"
+        );
+        assert!(msgs[2] == OwnedMessage::Binary(binary[..70_000].to_vec().into()));
+        assert_eq!(msgs[3], OwnedMessage::Text("small".into()));
+    }
+    server.shutdown().unwrap();
+}
+
 /// A one-shot server that reads the request head and answers with `respond(key)`, then
 /// writes `frames` and keeps the socket open briefly.
 fn fake_server(respond: fn(&str) -> String, frames: Vec<u8>) -> String {

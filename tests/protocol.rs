@@ -79,6 +79,19 @@ fn violations_close_with_their_code() {
     c.send_raw(&frame[..100]);
     assert_eq!(c.expect_close(), Some(1007));
     drop(c);
+    // Deep inside a large frame, whose payload is read straight into the reassembly buffer:
+    // the bad byte arrives long after the first read, and the frame is never completed.
+    let mut c = Client::connect(addr);
+    let frame = masked(
+        true,
+        OpCode::Text,
+        &[&[b'a'; 400_000][..], &[0xff], &[b'b'; 100_000]].concat(),
+    );
+    c.send_raw(&frame[..200_000]);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    c.send_raw(&frame[200_000..400_100]);
+    assert_eq!(c.expect_close(), Some(1007));
+    drop(c);
     // The server still serves a new client.
     let mut c = Client::connect(addr);
     c.send(true, OpCode::Text, b"ok");

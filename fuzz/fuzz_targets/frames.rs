@@ -3,7 +3,10 @@
 //! tests of src/proto/message.rs).
 //!
 //! Input: 3 configuration bytes, then the bytes received.
-//!   byte 0: `inline_limit`, which is also the buffer capacity, from 139 to 4096
+//!   byte 0: `inline_limit`, which is also the buffer capacity, from 139 to 4096; when odd,
+//!           the piecewise run reads large payloads straight into the reassembly buffer
+//!           (`Reader::take_direct` / `direct_done`, as the I/O loop does), moving them into
+//!           a buffer with room for the whole frame first when byte 2 is odd
 //!   byte 1: `max_message`: 16 * byte, or the default (64 MiB) for 255
 //!   byte 2: how the bytes arrive: 0 in one piece, otherwise pieces of 1..=byte bytes with
 //!           pseudo-random sizes seeded by the byte
@@ -77,6 +80,16 @@ fn check_ready(m: &Message<'_>, ready: &Ready) {
     assert_eq!(len, ready.len(), "{m:?} announced as {ready:?}");
 }
 
+/// How payloads are read straight into the reassembly buffer, if they are.
+#[derive(Clone, Copy)]
+enum Direct {
+    No,
+    /// Into the reader's buffer.
+    Lent,
+    /// Into a buffer with room for the whole frame, as the server does with a pooled one.
+    Moved,
+}
+
 /// Feeds `input` to a fresh reader in pieces of `sizes` through a buffer of `capacity` bytes,
 /// with [`Reader::advance`] and [`Reader::message`] (`split_api`) or with [`Reader::read`].
 fn drive(
@@ -85,6 +98,7 @@ fn drive(
     sizes: &[usize],
     capacity: usize,
     split_api: bool,
+    direct: Direct,
 ) -> Outcome {
     assert!(config.inline_limit <= capacity);
     let mut reader = Reader::new(config);
@@ -150,6 +164,36 @@ fn drive(
         let Some(mut n) = sizes.pop() else {
             unreachable!("sizes cover the input")
         };
+        let lent = match direct {
+            Direct::No => None,
+            _ if start < end => None,
+            _ => reader.take_direct(0),
+        };
+        if let Some(d) = lent {
+            assert!(d.room > 0 && d.room as u64 <= d.remaining, "{} {}", d.room, d.remaining);
+            assert!(reader.take_direct(0).is_none(), "lent twice");
+            let (mut payload, mut room) = (d.buf, d.room);
+            if let Direct::Moved = direct {
+                let mut whole = Vec::with_capacity(payload.len() + d.remaining as usize);
+                whole.extend_from_slice(&payload);
+                payload = whole;
+                room = d.remaining as usize;
+            }
+            let take = n.min(room);
+            payload.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            if take < n {
+                sizes.push(n - take);
+            }
+            if let Err(e) = reader.direct_done(payload) {
+                assert_eq!(reader.advance(&mut []).unwrap_err(), e);
+                return Outcome {
+                    messages,
+                    error: Some(e),
+                };
+            }
+            continue;
+        }
         buf.copy_within(start..end, 0);
         end -= start;
         start = 0;
@@ -196,7 +240,12 @@ fuzz_target!(|data: &[u8]| {
             left -= n;
         }
     }
-    let pieces = drive(config, input, &sizes, inline_limit, true);
+    let direct = match (b0 & 1, b2 & 1) {
+        (0, _) => Direct::No,
+        (_, 0) => Direct::Lent,
+        _ => Direct::Moved,
+    };
+    let pieces = drive(config, input, &sizes, inline_limit, true, direct);
     // The same bytes all at once, into a buffer that holds them all.
     let whole = drive(
         config,
@@ -204,6 +253,7 @@ fuzz_target!(|data: &[u8]| {
         &[input.len()],
         inline_limit.max(input.len()),
         false,
+        Direct::No,
     );
     assert_eq!(pieces, whole, "pieces {sizes:?}");
 });

@@ -5,7 +5,9 @@
 //! unmasks the payload in place, validates UTF-8 as the bytes arrive (failing fast), reassembles
 //! fragments into one owned buffer bounded by the message size limit, and lets control frames
 //! interleave with fragments. A message whose single frame fits the caller's buffer is handed
-//! out as a slice of that buffer, not copied.
+//! out as a slice of that buffer, not copied. The payload of a larger frame can be read
+//! straight into the reassembly buffer ([`Reader::take_direct`]), so that it is not copied
+//! through the caller's buffer either.
 
 use bytes::Bytes;
 
@@ -20,9 +22,6 @@ pub const DEFAULT_MAX_FRAME: u64 = 16 << 20;
 /// Default largest message: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE: u64 = 64 << 20;
 
-/// The reassembly buffer is released after a message when it grew past this capacity, so that
-/// one large message does not pin memory on an idle connection.
-const KEEP_CAPACITY: usize = 1 << 20;
 /// Reassembly reserves at most this much ahead of the bytes that actually arrived.
 const MAX_RESERVE: u64 = 64 << 10;
 
@@ -159,6 +158,10 @@ pub struct Reader {
     /// `assembled` was handed out by the previous call and must be cleared first.
     handed_out: bool,
     utf8: Utf8Validator,
+    /// `assembled` is out for a direct read; its length when it was taken.
+    direct_from: Option<usize>,
+    /// A message that a direct read completed, reported by the next `advance`.
+    pending: Option<Ready>,
 }
 
 impl Reader {
@@ -171,6 +174,8 @@ impl Reader {
             assembled: Vec::new(),
             handed_out: false,
             utf8: Utf8Validator::new(),
+            direct_from: None,
+            pending: None,
         }
     }
 
@@ -182,6 +187,25 @@ impl Reader {
     /// Whether a close frame has been received.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
+    }
+
+    /// Takes the reassembly buffer out, emptied, when no message is in progress and its
+    /// capacity exceeds `larger_than` bytes; the reader goes on with an empty one. The reader
+    /// keeps the capacity a large message made it grow (so that the next one is not
+    /// reassembled into fresh memory): a caller whose connection goes idle takes the buffer
+    /// here to free it or to recycle it (for instance into [`Reader::take_direct`]).
+    pub fn take_buffer(&mut self, larger_than: usize) -> Option<Vec<u8>> {
+        if self.is_mid_message()
+            || self.direct_from.is_some()
+            || self.pending.is_some()
+            || self.assembled.capacity() <= larger_than
+        {
+            return None;
+        }
+        self.handed_out = false;
+        let mut buf = std::mem::take(&mut self.assembled);
+        buf.clear();
+        Some(buf)
     }
 
     /// Whether a message is partly received (a frame or fragment is pending).
@@ -214,11 +238,18 @@ impl Reader {
     pub fn advance(&mut self, buf: &mut [u8]) -> Result<Advance, ProtocolError> {
         if self.handed_out {
             self.handed_out = false;
-            if self.assembled.capacity() > KEEP_CAPACITY {
-                self.assembled = Vec::new();
-            } else {
-                self.assembled.clear();
-            }
+            self.assembled.clear();
+        }
+        if self.direct_from.is_some() {
+            // The reassembly buffer is out for a direct read: wait for it.
+            return Ok(Advance::more(0));
+        }
+        if let Some(ready) = self.pending.take() {
+            self.handed_out = true;
+            return Ok(Advance {
+                consumed: 0,
+                ready: Some(ready),
+            });
         }
         match self.step(buf) {
             Ok(advance) => Ok(advance),
@@ -338,44 +369,130 @@ impl Reader {
                         return Ok(Advance::more(consumed));
                     }
                     let piece = &mut buf[consumed..consumed + avail];
-                    if let Some(key) = header.mask {
-                        phase = apply_mask(piece, key, phase);
-                    }
-                    remaining -= avail as u64;
-                    if self.kind == Some(Kind::Text) {
-                        self.utf8
-                            .feed(piece, remaining == 0 && header.fin)
-                            .map_err(|_| ProtocolError::InvalidUtf8)?;
-                    }
+                    let text = self.kind == Some(Kind::Text);
+                    unmask_and_check(
+                        piece,
+                        &header,
+                        &mut remaining,
+                        &mut phase,
+                        text.then_some(&mut self.utf8),
+                    )?;
                     self.assembled.extend_from_slice(piece);
                     consumed += avail;
-                    if remaining > 0 {
-                        self.state = State::Stream {
-                            header,
-                            remaining,
-                            phase,
-                        };
-                        return Ok(Advance::more(consumed));
-                    }
-                    self.state = State::Header;
-                    if header.fin {
-                        self.handed_out = true;
-                        let opcode = match self.kind.take() {
-                            Some(Kind::Text) => OpCode::Text,
-                            _ => OpCode::Binary,
-                        };
-                        return Ok(Advance {
-                            consumed,
-                            ready: Some(Ready {
-                                opcode,
-                                at: None,
-                                len: self.assembled.len(),
-                            }),
-                        });
+                    if let Some(ready) = self.end_piece(header, remaining, phase) {
+                        if ready.is_some() {
+                            self.handed_out = true;
+                        }
+                        return Ok(Advance { consumed, ready });
                     }
                 }
             }
         }
+    }
+
+    /// Records where a streamed frame stands after a piece of its payload: `None` to go on
+    /// with the next header, or `Some(ready)` to return (`ready` is the completed message,
+    /// if the frame was the last one of its message).
+    fn end_piece(
+        &mut self,
+        header: FrameHeader,
+        remaining: u64,
+        phase: usize,
+    ) -> Option<Option<Ready>> {
+        if remaining > 0 {
+            self.state = State::Stream {
+                header,
+                remaining,
+                phase,
+            };
+            return Some(None);
+        }
+        self.state = State::Header;
+        if !header.fin {
+            return None;
+        }
+        let opcode = match self.kind.take() {
+            Some(Kind::Text) => OpCode::Text,
+            _ => OpCode::Binary,
+        };
+        Some(Some(Ready {
+            opcode,
+            at: None,
+            len: self.assembled.len(),
+        }))
+    }
+
+    /// While a frame's payload streams into the reassembly buffer and more of it is due,
+    /// hands that buffer out so that the caller can read the payload's next bytes straight
+    /// into its spare capacity instead of through its own buffer (one copy fewer). Call it
+    /// only when every byte the caller holds has been passed to [`Reader::advance`].
+    ///
+    /// [`Direct::room`] says how many bytes at most to append: never past the frame's end
+    /// (the next header is read the usual way), and never more than is reserved, which
+    /// grows with what arrived (at most the bytes received so far, or 64 KiB, ahead), so a
+    /// header announcing a huge frame does not make the reader allocate it up front. The
+    /// caller may move the buffer's bytes into a larger buffer of its own and read up to
+    /// [`Direct::remaining`] more into that instead. `None` when no payload is due, when less
+    /// than `min` bytes of it are, or when the buffer is already out. Give the buffer back
+    /// with [`Reader::direct_done`].
+    pub fn take_direct(&mut self, min: usize) -> Option<Direct> {
+        let State::Stream { remaining, .. } = self.state else {
+            return None;
+        };
+        if remaining == 0 || remaining < min as u64 || self.direct_from.is_some() {
+            return None;
+        }
+        let len = self.assembled.len();
+        if self.assembled.capacity() == len {
+            let ahead = (len as u64).max(MAX_RESERVE).min(remaining);
+            self.assembled.reserve(ahead as usize);
+        }
+        let room = ((self.assembled.capacity() - len) as u64).min(remaining) as usize;
+        self.direct_from = Some(len);
+        Some(Direct {
+            buf: std::mem::take(&mut self.assembled),
+            room,
+            remaining,
+        })
+    }
+
+    /// Takes back the buffer lent by [`Reader::take_direct`] (or the caller's larger one
+    /// holding the same bytes), with the bytes that were read appended (none at the end of
+    /// the stream). They are unmasked and validated like bytes
+    /// passed to [`Reader::advance`]; a message they complete is reported by the next
+    /// `advance`. Errors are sticky, as with `advance`.
+    pub fn direct_done(&mut self, buf: Vec<u8>) -> Result<(), ProtocolError> {
+        let Some(from) = self.direct_from.take() else {
+            return Ok(());
+        };
+        self.assembled = buf;
+        let State::Stream {
+            header,
+            mut remaining,
+            mut phase,
+        } = self.state
+        else {
+            return Ok(());
+        };
+        // Bytes past the frame's end (a caller that read more than allowed) are not payload.
+        let end = (self.assembled.len() as u64).min(from as u64 + remaining) as usize;
+        self.assembled.truncate(end);
+        let text = self.kind == Some(Kind::Text);
+        let piece = &mut self.assembled[from.min(end)..end];
+        if let Err(e) = unmask_and_check(
+            piece,
+            &header,
+            &mut remaining,
+            &mut phase,
+            text.then_some(&mut self.utf8),
+        ) {
+            self.state = State::Failed(e);
+            return Err(e);
+        }
+        if let Some(Some(ready)) = self.end_piece(header, remaining, phase) {
+            self.pending = Some(ready);
+        }
+        Ok(())
     }
 
     /// Applies the message-level rules to a new frame header and picks how to receive it.
@@ -433,6 +550,37 @@ impl Reader {
     fn reserve(&mut self, len: u64) {
         self.assembled.reserve(len.min(MAX_RESERVE) as usize);
     }
+}
+
+/// The reassembly buffer lent out by [`Reader::take_direct`] for a direct read.
+#[derive(Debug)]
+pub struct Direct {
+    /// The buffer; append the payload's next bytes after its current length.
+    pub buf: Vec<u8>,
+    /// How many bytes `buf` has room for, at most `remaining`.
+    pub room: usize,
+    /// Payload bytes of the frame still to come.
+    pub remaining: u64,
+}
+
+/// Unmasks one piece of a streamed frame's payload, counts it off `remaining`, and feeds it
+/// to the UTF-8 validator of a text message.
+fn unmask_and_check(
+    piece: &mut [u8],
+    header: &FrameHeader,
+    remaining: &mut u64,
+    phase: &mut usize,
+    utf8: Option<&mut Utf8Validator>,
+) -> Result<(), ProtocolError> {
+    if let Some(key) = header.mask {
+        *phase = apply_mask(piece, key, *phase);
+    }
+    *remaining -= piece.len() as u64;
+    if let Some(utf8) = utf8 {
+        utf8.feed(piece, *remaining == 0 && header.fin)
+            .map_err(|_| ProtocolError::InvalidUtf8)?;
+    }
+    Ok(())
 }
 
 /// What one call of [`Reader::advance`] did.
@@ -503,6 +651,18 @@ mod tests {
         chunks: &[&[u8]],
         capacity: usize,
     ) -> Result<Vec<OwnedMessage>, ProtocolError> {
+        drive_with(reader, chunks, capacity, None)
+    }
+
+    /// [`drive`], and with `direct = Some((min, swap))` payloads of large frames are read
+    /// straight into the reassembly buffer whenever the reader offers it (`take_direct(min)`),
+    /// moved first into a buffer with room for the whole frame when `swap` is set.
+    fn drive_with(
+        reader: &mut Reader,
+        chunks: &[&[u8]],
+        capacity: usize,
+        direct: Option<(usize, bool)>,
+    ) -> Result<Vec<OwnedMessage>, ProtocolError> {
         let mut buf = vec![0u8; capacity];
         let (mut start, mut end) = (0, 0);
         let mut out = Vec::new();
@@ -521,6 +681,26 @@ mod tests {
             let Some(mut n) = sizes.pop() else {
                 return Ok(out);
             };
+            if let Some((min, swap)) = direct.filter(|_| start == end) {
+                if let Some(d) = reader.take_direct(min) {
+                    assert!(d.room > 0 && d.room as u64 <= d.remaining);
+                    let (mut payload, mut room) = (d.buf, d.room);
+                    if swap {
+                        let mut larger = Vec::with_capacity(payload.len() + d.remaining as usize);
+                        larger.extend_from_slice(&payload);
+                        payload = larger;
+                        room = d.remaining as usize;
+                    }
+                    let take = n.min(room);
+                    payload.extend_from_slice(&input[..take]);
+                    input.drain(..take);
+                    if take < n {
+                        sizes.push(n - take);
+                    }
+                    reader.direct_done(payload)?;
+                    continue;
+                }
+            }
             buf.copy_within(start..end, 0);
             end -= start;
             start = 0;
@@ -543,6 +723,67 @@ mod tests {
         let mut v = Vec::new();
         write_frame(&mut v, fin, op, Some(KEY), payload);
         v
+    }
+
+    #[test]
+    fn large_payload_is_read_straight_into_the_reassembly_buffer() {
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let wire = masked(true, OpCode::Binary, &payload);
+        let mut r = server(1024);
+        // The header and the first bytes arrive in the caller's buffer.
+        let mut first = wire[..1000].to_vec();
+        let a = r.advance(&mut first).unwrap();
+        assert_eq!((a.consumed, a.ready), (1000, None));
+        let mut at = 1000;
+        let mut reads = 0;
+        while at < wire.len() {
+            let d = r.take_direct(1).expect("payload is due");
+            assert!(d.room as u64 <= d.remaining);
+            assert_eq!(d.remaining, (wire.len() - at) as u64);
+            // Reservation grows with what arrived, never the whole announced frame at once.
+            assert!(
+                d.buf.capacity() <= 2 * (at + (64 << 10)),
+                "{}",
+                d.buf.capacity()
+            );
+            assert!(r.take_direct(1).is_none(), "lent once");
+            let mut buf = d.buf;
+            buf.extend_from_slice(&wire[at..at + d.room]);
+            at += d.room;
+            reads += 1;
+            r.direct_done(buf).unwrap();
+        }
+        assert!(reads < 10, "{reads} reads");
+        assert!(r.take_direct(1).is_none(), "the frame is complete");
+        let p = r.read(&mut []).unwrap();
+        assert_eq!(p.consumed, 0);
+        assert_eq!(p.message, Some(Message::Binary(&payload[..])));
+        // The capacity is kept for the next message until the caller takes it.
+        let kept = r.take_buffer(1 << 10).expect("a large buffer");
+        assert!(kept.is_empty() && kept.capacity() >= payload.len());
+        assert!(r.take_buffer(0).is_none());
+    }
+
+    #[test]
+    fn direct_reads_validate_utf8_and_respect_small_minimums() {
+        let text = "é".repeat(20_000);
+        let mut wire = masked(true, OpCode::Text, text.as_bytes());
+        let mut r = server(512);
+        let mut head = wire[..100].to_vec();
+        r.advance(&mut head).unwrap();
+        assert!(
+            r.take_direct(usize::MAX).is_none(),
+            "less than the minimum is due"
+        );
+        // Break the last code point: the error comes from the direct read. The last of the
+        // 40,000 payload bytes is masked with KEY[3].
+        let last = wire.len() - 1;
+        wire[last] = 0xff ^ KEY[3]; // unmasked: 0xff, never valid UTF-8
+        let d = r.take_direct(1).unwrap();
+        let mut buf = d.buf;
+        buf.extend_from_slice(&wire[100..]);
+        assert_eq!(r.direct_done(buf), Err(ProtocolError::InvalidUtf8));
+        assert_eq!(r.advance(&mut []), Err(ProtocolError::InvalidUtf8));
     }
 
     #[test]
@@ -775,7 +1016,8 @@ mod tests {
         #[test]
         fn messages_survive_any_fragmentation_and_arrival(
             msgs in proptest::collection::vec(msg_strategy(), 1..6),
-            chunk in 1usize..3000, capacity in 139usize..8000, key in any::<[u8; 4]>())
+            chunk in 1usize..3000, capacity in 139usize..8000, key in any::<[u8; 4]>(),
+            direct_min in 0usize..600, swap in any::<bool>())
         {
             let mut wire = Vec::new();
             for m in &msgs {
@@ -799,7 +1041,8 @@ mod tests {
             }
             let chunks: Vec<&[u8]> = wire.chunks(chunk).collect();
             let mut r = server(capacity);
-            let got = drive(&mut r, &chunks, capacity).unwrap();
+            let direct = (direct_min > 0).then(|| (direct_min - 1, swap));
+            let got = drive_with(&mut r, &chunks, capacity, direct).unwrap();
             let data: Vec<OwnedMessage> = got.into_iter().filter(|m| !matches!(m, OwnedMessage::Pong(_))).collect();
             let want: Vec<OwnedMessage> = msgs.iter().map(|m| if m.text {
                 OwnedMessage::Text(Bytes::from(m.data.clone()))
@@ -811,10 +1054,10 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..2000),
-                                       chunk in 1usize..64) {
+                                       chunk in 1usize..64, direct in any::<bool>()) {
             let mut r = server(256);
             let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
-            let _ = drive(&mut r, &chunks, 256);
+            let _ = drive_with(&mut r, &chunks, 256, direct.then_some((0, false)));
         }
     }
 }

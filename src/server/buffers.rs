@@ -22,6 +22,13 @@ const MIN_SPARE_HEAP_BUFFERS: usize = 64;
 /// buffers beyond what is in use now (plus the minimum).
 const PEAK_WINDOW: u32 = 1 << 16;
 
+/// Reassembly and write buffers larger than a read buffer kept per thread for reuse, at most
+/// this many bytes in all, so that a stream of large messages does not fault in fresh pages
+/// for each one.
+const LARGE_SPARE_BYTES: usize = 64 << 20;
+/// At most this many large buffers are kept.
+const LARGE_SPARE_COUNT: usize = 64;
+
 /// The per-thread buffer pool.
 ///
 /// Heap buffers come back to a spare list, which holds at most as many as the peak number
@@ -38,6 +45,9 @@ pub(crate) struct BufferPool {
     peak: Cell<usize>,
     /// Check-ins in this window.
     checkins: Cell<u32>,
+    /// Large buffers kept for reuse, and the sum of their capacities.
+    large: RefCell<Vec<Vec<u8>>>,
+    large_bytes: Cell<usize>,
 }
 
 impl BufferPool {
@@ -75,7 +85,54 @@ impl BufferPool {
             heap_out: Cell::new(0),
             peak: Cell::new(MIN_SPARE_HEAP_BUFFERS),
             checkins: Cell::new(0),
+            large: RefCell::default(),
+            large_bytes: Cell::new(0),
         }
+    }
+
+    /// The read buffers' size.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The smallest large buffer of at least `capacity` bytes kept from earlier, if any.
+    pub(crate) fn take_large(&self, capacity: usize) -> Option<Vec<u8>> {
+        let mut large = self.large.borrow_mut();
+        let (i, _) = large
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= capacity)
+            .min_by_key(|(_, b)| b.capacity())?;
+        let buf = large.swap_remove(i);
+        self.large_bytes
+            .set(self.large_bytes.get() - buf.capacity());
+        Some(buf)
+    }
+
+    /// Keeps a large buffer for reuse (emptied) within the pool's budget, making room by
+    /// freeing smaller ones, or frees it.
+    pub(crate) fn put_large(&self, mut buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap <= self.size || cap > LARGE_SPARE_BYTES {
+            return;
+        }
+        let mut large = self.large.borrow_mut();
+        while large.len() >= LARGE_SPARE_COUNT || self.large_bytes.get() + cap > LARGE_SPARE_BYTES {
+            let Some((i, _)) = large
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, b)| b.capacity())
+                .filter(|(_, b)| b.capacity() < cap)
+            else {
+                return;
+            };
+            let freed = large.swap_remove(i);
+            self.large_bytes
+                .set(self.large_bytes.get() - freed.capacity());
+        }
+        buf.clear();
+        large.push(buf);
+        self.large_bytes.set(self.large_bytes.get() + cap);
     }
 
     /// A buffer for one connection: registered when one is free, else from the heap.
@@ -207,6 +264,32 @@ mod tests {
         // beyond the peak is.
         pool.checkin(ReadBuf::heap(512));
         assert_eq!(spares(&pool), 300);
+    }
+
+    #[test]
+    fn large_buffers_are_kept_within_the_budget_best_fit_first() {
+        let pool = BufferPool::new(0, 1024);
+        // Not larger than a read buffer: not kept.
+        pool.put_large(Vec::with_capacity(1024));
+        assert!(pool.take_large(1).is_none());
+        pool.put_large(Vec::with_capacity(8 << 20));
+        pool.put_large(Vec::with_capacity(2 << 20));
+        pool.put_large(vec![7u8; 3 << 20]);
+        let b = pool.take_large(2 << 20).unwrap();
+        assert_eq!(b.capacity(), 2 << 20, "the smallest that fits");
+        let b = pool.take_large(2 << 20).unwrap();
+        assert!(b.is_empty() && b.capacity() >= 3 << 20, "emptied");
+        assert!(pool.take_large(9 << 20).is_none());
+        // Over the byte budget, smaller buffers make room for a larger one, never the reverse.
+        for _ in 0..LARGE_SPARE_BYTES / (4 << 20) {
+            pool.put_large(Vec::with_capacity(4 << 20));
+        }
+        assert!(pool.large_bytes.get() <= LARGE_SPARE_BYTES);
+        pool.put_large(Vec::with_capacity(1 << 20));
+        assert!(pool.take_large(1 << 20).unwrap().capacity() >= 4 << 20);
+        assert!(pool.large.borrow().len() <= LARGE_SPARE_COUNT);
+        let total: usize = pool.large.borrow().iter().map(|b| b.capacity()).sum();
+        assert_eq!(total, pool.large_bytes.get());
     }
 
     #[test]

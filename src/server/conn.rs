@@ -29,6 +29,7 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
         ctx.config.send_queue_limit,
         ctx.config.timeouts(),
         None,
+        ctx.buffers.clone(),
     );
     ctx.register(id, conn.clone());
     tokio_uring::spawn(watchdog(conn.clone()));

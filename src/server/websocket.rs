@@ -15,13 +15,18 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
+use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::error::{Error, Result};
 use crate::proto::close::{write_close_payload, CloseCode};
-use crate::proto::frame::{write_frame, OpCode, MAX_CONTROL_PAYLOAD};
-use crate::proto::message::{Message, Reader, Ready};
+use crate::proto::frame::{write_frame, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::proto::message::{Direct, Message, Reader, Ready};
 use crate::server::buffers::{BufferPool, ReadBuf};
+
+/// A frame payload with at least this much still to come is read straight into the
+/// reassembly buffer rather than through the connection's read buffer.
+const DIRECT_READ_MIN: usize = 16 << 10;
 
 /// The write buffers are released after a write when they grew past this capacity.
 const KEEP_WRITE_CAPACITY: usize = 256 << 10;
@@ -138,6 +143,8 @@ pub(crate) struct Conn {
     pub(crate) info: OnceCell<ConnectionInfo>,
     /// Source of mask keys for the client role.
     mask: Option<RefCell<MaskFn>>,
+    /// The thread's buffers: large write buffers are recycled through it.
+    pool: Rc<BufferPool>,
 }
 
 impl Conn {
@@ -146,6 +153,7 @@ impl Conn {
         send_limit: usize,
         timeouts: Timeouts,
         mask: Option<MaskFn>,
+        pool: Rc<BufferPool>,
     ) -> Rc<Conn> {
         Rc::new(Conn {
             readiness: OnceCell::new(),
@@ -163,6 +171,7 @@ impl Conn {
             rx_dropped: Notify::new(),
             info: OnceCell::new(),
             mask: mask.map(RefCell::new),
+            pool,
         })
     }
 
@@ -296,6 +305,23 @@ impl Conn {
         }
         let key = self.mask_key();
         let mut ob = self.outbox.borrow_mut();
+        let need = ob.data.len() + payload.len() + MAX_HEADER_LEN;
+        if need > ob.data.capacity() && payload.len() > KEEP_WRITE_CAPACITY {
+            // A large message: a buffer kept from an earlier one spares faulting in fresh
+            // memory for this one.
+            match self.pool.take_large(need) {
+                Some(mut large) => {
+                    large.extend_from_slice(&ob.data);
+                    self.pool.put_large(std::mem::replace(&mut ob.data, large));
+                }
+                // Whole 64 KiB steps, so that the buffer fits the next message of about
+                // this size when it comes back from the pool.
+                None => {
+                    let len = ob.data.len();
+                    ob.data.reserve_exact(need.next_multiple_of(64 << 10) - len);
+                }
+            }
+        }
         write_frame(&mut ob.data, true, opcode, key, payload);
         drop(ob);
         self.wake_writer.notify_one();
@@ -379,7 +405,7 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
         let (res, buf) = conn.stream.write_all(batch).await;
         spare = buf;
         if spare.capacity() > KEEP_WRITE_CAPACITY {
-            spare = Vec::new();
+            conn.pool.put_large(std::mem::take(&mut spare));
         }
         let mut ob = conn.outbox.borrow_mut();
         ob.in_flight = 0;
@@ -420,6 +446,9 @@ impl Drop for RxState {
     fn drop(&mut self) {
         self.pool
             .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
+        if let Some(large) = self.reader.take_buffer(self.pool.size()) {
+            self.pool.put_large(large);
+        }
     }
 }
 
@@ -467,7 +496,16 @@ impl RxState {
             if self.drained {
                 self.pool
                     .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
+                // Going idle: a reassembly buffer a large message grew goes back to the pool.
+                if let Some(large) = self.reader.take_buffer(self.pool.size()) {
+                    self.pool.put_large(large);
+                }
                 conn.wait_readable().await;
+            }
+            if let Some(direct) = self.reader.take_direct(DIRECT_READ_MIN) {
+                self.pool
+                    .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
+                return self.read_direct(conn, direct).await;
             }
         } else if self.start > 0 {
             let (start, end) = (self.start, self.end);
@@ -484,19 +522,60 @@ impl RxState {
             // unless the buffer is smaller than a control frame.
             return false;
         }
-        match self.buf.read_at(&conn.stream, self.end).await {
-            Ok(0) => false,
-            Ok(n) => {
+        let res = self.buf.read_at(&conn.stream, self.end).await;
+        match self.note_read(conn, res, space) {
+            Some(n) => {
                 self.end += n;
-                self.drained = n < space;
-                conn.last_activity.set(Instant::now());
                 true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a read of at most `room` bytes: the bytes read, or `None` at EOF or on an error.
+    fn note_read(
+        &mut self,
+        conn: &Conn,
+        res: std::io::Result<usize>,
+        room: usize,
+    ) -> Option<usize> {
+        match res {
+            Ok(0) => None,
+            Ok(n) => {
+                self.drained = n < room;
+                conn.last_activity.set(Instant::now());
+                Some(n)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "read failed");
-                false
+                None
             }
         }
+    }
+
+    /// Reads the next bytes of a large frame's payload straight into the reader's reassembly
+    /// buffer (at most `room`, never past the frame). Returns false at EOF or on a read error.
+    async fn read_direct(&mut self, conn: &Conn, direct: Direct) -> bool {
+        let Direct {
+            buf: mut payload,
+            mut room,
+            remaining,
+        } = direct;
+        let len = payload.len();
+        if (room as u64) < remaining {
+            // A buffer kept from an earlier large message that holds the whole frame spares
+            // growing this one step by step, and the page faults of fresh memory.
+            let whole = usize::try_from(len as u64 + remaining).unwrap_or(usize::MAX);
+            if let Some(mut large) = self.pool.take_large(whole) {
+                large.extend_from_slice(&payload);
+                self.pool.put_large(std::mem::replace(&mut payload, large));
+                room = whole - len;
+            }
+        }
+        let (res, slice) = conn.stream.read(payload.slice(len..len + room)).await;
+        // A protocol error in these bytes is sticky: the next `advance` reports it.
+        let _ = self.reader.direct_done(slice.into_inner());
+        self.note_read(conn, res, room).is_some()
     }
 
     /// Runs the receive loop until a data message is ready or the stream ends, answering
