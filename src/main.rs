@@ -125,8 +125,10 @@ fn echo(args: EchoArgs) -> uringws::Result<()> {
     }
     let running = server.start(|ws: uringws::WebSocket| async move {
         let (mut rx, tx) = ws.split();
-        while let Some(msg) = rx.recv().await? {
-            tx.send(msg).await?;
+        // Owned messages: a large (reassembled) payload goes back out from the buffer it was
+        // read into, without a copy; small ones cost one copy either way.
+        while let Some(msg) = rx.recv_owned().await? {
+            tx.send_owned(msg).await?;
         }
         Ok(())
     })?;

@@ -201,3 +201,63 @@ fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
     drop(c);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn shared_payloads_keep_their_order_through_partial_writes() {
+    // For every message: "before", the payload as one Bytes sent twice (written from where it
+    // is, not copied), "between"/"after" around it, and a ping in the middle.
+    let handler = |ws: uringws::WebSocket| async move {
+        let (mut rx, tx) = ws.split();
+        while let Some(msg) = rx.recv_owned().await? {
+            let uringws::OwnedMessage::Binary(payload) = msg else {
+                continue;
+            };
+            tx.send_text("before").await?;
+            tx.send_owned(uringws::OwnedMessage::Binary(payload.clone()))
+                .await?;
+            tx.send_text("between").await?;
+            tx.ping(b"p")?;
+            tx.send_owned(uringws::OwnedMessage::Binary(payload))
+                .await?;
+            tx.send_text("after").await?;
+        }
+        Ok(())
+    };
+    let Some(server) = start_with(local(1).send_queue_limit(8 << 20), handler) else {
+        return;
+    };
+    let mut c = Client::connect(server.local_addr());
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 249) as u8).collect();
+    c.send(true, OpCode::Binary, &payload);
+    c.send(true, OpCode::Binary, &payload[..20_000]);
+    // Not reading for a while: the server's socket buffer fills and its vectored writes
+    // complete in parts.
+    std::thread::sleep(Duration::from_millis(300));
+    for size in [payload.len(), 20_000] {
+        // Five data frames, and the ping somewhere among them (control frames go ahead of
+        // queued data).
+        let (mut order, mut pings) = (Vec::new(), 0);
+        while order.len() < 5 {
+            let f = c.read_frame().expect("a frame");
+            match f.opcode {
+                0x9 => pings += 1,
+                0x2 => {
+                    assert!(f.payload[..] == payload[..size], "{size} bytes intact");
+                    order.push("B".to_owned());
+                }
+                _ => order.push(String::from_utf8(f.payload).unwrap()),
+            }
+        }
+        assert_eq!(
+            order,
+            ["before", "B", "between", "B", "after"],
+            "size {size}"
+        );
+        assert!(pings <= 1);
+        if pings == 0 {
+            assert_eq!(c.read_frame().expect("the ping").opcode, 0x9);
+        }
+    }
+    drop(c);
+    server.shutdown().unwrap();
+}

@@ -277,6 +277,17 @@ impl Reader {
         }
     }
 
+    /// For a ready message that was reassembled (fragmented, or larger than the inline
+    /// limit), takes its payload out of the reader as an owned buffer, without copying; use
+    /// it instead of [`Reader::message`]. `None` for a message that lies in the caller's
+    /// buffer. A text payload is valid UTF-8, as `advance` checked.
+    pub fn take_assembled(&mut self, ready: Ready) -> Option<Vec<u8>> {
+        if ready.at.is_some() || !self.handed_out || self.assembled.len() != ready.len {
+            return None;
+        }
+        Some(std::mem::take(&mut self.assembled))
+    }
+
     /// Advances the state machine as far as `buf` allows, up to one complete message.
     fn step(&mut self, buf: &mut [u8]) -> Result<Advance, ProtocolError> {
         let mut consumed = 0;
@@ -762,6 +773,33 @@ mod tests {
         let kept = r.take_buffer(1 << 10).expect("a large buffer");
         assert!(kept.is_empty() && kept.capacity() >= payload.len());
         assert!(r.take_buffer(0).is_none());
+    }
+
+    #[test]
+    fn reassembled_payloads_can_be_taken_without_a_copy() {
+        let mut r = server(64);
+        let mut wire = masked(false, OpCode::Text, b"Hel");
+        wire.extend(masked(true, OpCode::Continuation, b"lo"));
+        wire.extend(masked(true, OpCode::Binary, b"in place"));
+        let a = r.advance(&mut wire).unwrap();
+        let ready = a.ready.unwrap();
+        let Message::Text(s) = r.message(&wire, ready) else {
+            panic!()
+        };
+        let at = s.as_ptr();
+        let taken = r.take_assembled(ready).unwrap();
+        assert_eq!((taken.as_ptr(), &taken[..]), (at, &b"Hello"[..]));
+        assert!(r.take_assembled(ready).is_none(), "taken once");
+        let rest = &mut wire[a.consumed..];
+        let b = r.advance(rest).unwrap();
+        assert!(
+            r.take_assembled(b.ready.unwrap()).is_none(),
+            "in the caller's buffer"
+        );
+        assert_eq!(
+            r.message(rest, b.ready.unwrap()),
+            Message::Binary(b"in place")
+        );
     }
 
     #[test]

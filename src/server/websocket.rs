@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
@@ -20,13 +22,22 @@ use tokio_uring::net::TcpStream;
 
 use crate::error::{Error, Result};
 use crate::proto::close::{write_close_payload, CloseCode};
-use crate::proto::frame::{write_frame, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
-use crate::proto::message::{Direct, Message, Reader, Ready};
+use crate::proto::frame::{
+    encode_header, write_frame, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+};
+use crate::proto::message::{Direct, Message, OwnedMessage, Reader, Ready};
 use crate::server::buffers::{BufferPool, ReadBuf};
 
 /// A frame payload with at least this much still to come is read straight into the
 /// reassembly buffer rather than through the connection's read buffer.
 const DIRECT_READ_MIN: usize = 16 << 10;
+
+/// Payloads of at least this many bytes sent as `Bytes` are written from where they are
+/// rather than copied into the send queue.
+const SHARE_MIN: usize = 16 << 10;
+
+/// Buffers in one vectored write, well under the kernel's `UIO_MAXIOV` (1024).
+const MAX_IOVECS: usize = 256;
 
 /// The write buffers are released after a write when they grew past this capacity.
 const KEEP_WRITE_CAPACITY: usize = 256 << 10;
@@ -100,7 +111,12 @@ pub(crate) struct Timeouts {
 /// The send queue.
 #[derive(Default)]
 struct Outbox {
-    /// Encoded data frames waiting for the writer.
+    /// Queued bytes that go out before `data`, in order: large shared payloads, each after
+    /// a chunk with the frames queued before it and its own header.
+    chunks: Vec<Bytes>,
+    /// Bytes in `chunks`.
+    chunks_len: usize,
+    /// Encoded data frames waiting for the writer (after `chunks`).
     data: Vec<u8>,
     /// Encoded control frames waiting; written before `data`.
     control: Vec<u8>,
@@ -289,13 +305,44 @@ impl Conn {
 
     /// Queues a data frame, waiting while the queue is above the high-water mark.
     async fn queue_data(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+        self.wait_to_queue().await?;
+        self.encode_data(opcode, payload);
+        Ok(())
+    }
+
+    /// Queues a data frame whose payload is shared rather than copied when it is large (and
+    /// the frame is not masked), waiting while the queue is above the high-water mark.
+    async fn queue_shared(&self, opcode: OpCode, payload: Bytes) -> Result<()> {
+        self.wait_to_queue().await?;
+        if payload.len() < SHARE_MIN || self.mask.is_some() {
+            self.encode_data(opcode, &payload);
+            return Ok(());
+        }
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut header, true, 0, opcode, None, payload.len() as u64);
+        let mut ob = self.outbox.borrow_mut();
+        let mut head = Vec::with_capacity(ob.data.len() + n);
+        head.extend_from_slice(&ob.data);
+        head.extend_from_slice(&header[..n]);
+        ob.data.clear();
+        ob.chunks_len += head.len() + payload.len();
+        ob.chunks.push(Bytes::from(head));
+        ob.chunks.push(payload);
+        drop(ob);
+        self.wake_writer.notify_one();
+        Ok(())
+    }
+
+    /// Waits while the queue is above the high-water mark; fails once the connection is
+    /// closing or failed.
+    async fn wait_to_queue(&self) -> Result<()> {
         loop {
             {
                 let ob = self.outbox.borrow();
                 if ob.close_queued || ob.failed {
                     return Err(Error::Closed);
                 }
-                if ob.data.len() + ob.in_flight <= self.send_limit {
+                if ob.data.len() + ob.chunks_len + ob.in_flight <= self.send_limit {
                     break;
                 }
             }
@@ -303,6 +350,11 @@ impl Conn {
             // future, so the writer's notification cannot be missed.
             self.progress.notified().await;
         }
+        Ok(())
+    }
+
+    /// Encodes a data frame (copying the payload) at the end of the queue.
+    fn encode_data(&self, opcode: OpCode, payload: &[u8]) {
         let key = self.mask_key();
         let mut ob = self.outbox.borrow_mut();
         let need = ob.data.len() + payload.len() + MAX_HEADER_LEN;
@@ -325,7 +377,6 @@ impl Conn {
         write_frame(&mut ob.data, true, opcode, key, payload);
         drop(ob);
         self.wake_writer.notify_one();
-        Ok(())
     }
 
     /// Waits while more than the send-queue limit (control frames included) is pending, so
@@ -337,7 +388,8 @@ impl Conn {
                 let ob = self.outbox.borrow();
                 if ob.failed
                     || ob.writer_done
-                    || ob.data.len() + ob.control.len() + ob.in_flight <= self.send_limit
+                    || ob.data.len() + ob.chunks_len + ob.control.len() + ob.in_flight
+                        <= self.send_limit
                 {
                     return;
                 }
@@ -368,6 +420,14 @@ impl Conn {
 pub(crate) async fn writer(conn: Rc<Conn>) {
     let mut spare: Vec<u8> = Vec::new();
     loop {
+        let shared = take_chunks(&conn);
+        if !shared.is_empty() {
+            let res = write_chunks(&conn, shared).await;
+            if !finish_write(&conn, res) {
+                return;
+            }
+            continue;
+        }
         let batch = {
             let mut ob = conn.outbox.borrow_mut();
             let ob = &mut *ob;
@@ -407,22 +467,85 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
         if spare.capacity() > KEEP_WRITE_CAPACITY {
             conn.pool.put_large(std::mem::take(&mut spare));
         }
-        let mut ob = conn.outbox.borrow_mut();
-        ob.in_flight = 0;
-        if let Err(e) = res {
-            tracing::debug!(error = %e, "write failed; the peer is gone");
-            ob.failed = true;
-            ob.writer_done = true;
-            ob.data = Vec::new();
-            ob.control = Vec::new();
-            drop(ob);
-            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-            conn.progress.notify_waiters();
+        if !finish_write(&conn, res) {
             return;
         }
-        drop(ob);
-        conn.progress.notify_waiters();
     }
+}
+
+/// After a write: on success wakes waiting senders and returns true; on failure marks the
+/// connection failed, drops the queue, shuts the socket down and returns false.
+fn finish_write(conn: &Conn, res: std::io::Result<()>) -> bool {
+    let mut ob = conn.outbox.borrow_mut();
+    ob.in_flight = 0;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "write failed; the peer is gone");
+        ob.failed = true;
+        ob.writer_done = true;
+        ob.data = Vec::new();
+        ob.control = Vec::new();
+        ob.chunks = Vec::new();
+        ob.chunks_len = 0;
+        drop(ob);
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        conn.progress.notify_waiters();
+        return false;
+    }
+    drop(ob);
+    conn.progress.notify_waiters();
+    true
+}
+
+/// Takes everything queued, in order, when shared payloads are among it: control frames,
+/// the chunks, then the data frames queued after them. Empty when no chunk is queued.
+fn take_chunks(conn: &Conn) -> Vec<Bytes> {
+    let mut ob = conn.outbox.borrow_mut();
+    if ob.chunks.is_empty() {
+        return Vec::new();
+    }
+    let mut parts = Vec::with_capacity(ob.chunks.len() + 2);
+    if !ob.control.is_empty() {
+        parts.push(Bytes::copy_from_slice(&ob.control));
+        ob.control.clear();
+    }
+    parts.append(&mut ob.chunks);
+    if !ob.data.is_empty() {
+        parts.push(Bytes::copy_from_slice(&ob.data));
+        ob.data.clear();
+    }
+    ob.in_flight = parts.iter().map(Bytes::len).sum();
+    ob.chunks_len = 0;
+    parts
+}
+
+/// Writes `parts` in order with vectored writes (at most `MAX_IOVECS` at a time), resuming
+/// after partial writes. Large payload buffers that nobody else holds go back to the pool.
+async fn write_chunks(conn: &Conn, mut parts: Vec<Bytes>) -> std::io::Result<()> {
+    parts.reverse();
+    while !parts.is_empty() {
+        let batch: Vec<Bytes> = parts.iter().rev().take(MAX_IOVECS).cloned().collect();
+        let (res, batch) = conn.stream.writev(batch).await;
+        drop(batch);
+        let mut n = res?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(first) = parts.last_mut() else { break };
+            if n < first.len() {
+                bytes::Buf::advance(first, n);
+                break;
+            }
+            n -= first.len();
+            let done = parts.pop().unwrap_or_default();
+            if done.len() > conn.pool.size() {
+                if let Ok(buf) = done.try_into_mut() {
+                    conn.pool.put_large(Vec::from(buf));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The receive state: the read buffer with its cursors and the protocol reader.
@@ -679,6 +802,31 @@ impl Receiver {
         }
     }
 
+    /// Like [`Receiver::recv`], but the message is owned (`Bytes`), so it can be kept, sent to
+    /// other tasks, or sent on with [`Sender::send_owned`]. A message that was reassembled
+    /// (fragmented, or larger than the read buffer) is handed over without a copy; one that
+    /// lies in the read buffer is copied out of it.
+    pub async fn recv_owned(&mut self) -> Result<Option<OwnedMessage>> {
+        match self.state.next(&self.conn, true).await? {
+            Got::End => Ok(None),
+            Got::Data(base, ready) => {
+                if let Some(payload) = self.state.reader.take_assembled(ready) {
+                    let payload = Bytes::from(payload);
+                    return Ok(Some(match ready.opcode() {
+                        OpCode::Text => OwnedMessage::Text(payload),
+                        _ => OwnedMessage::Binary(payload),
+                    }));
+                }
+                let end = self.state.end;
+                let message = self
+                    .state
+                    .reader
+                    .message(&self.state.buf.bytes()[base..end], ready);
+                Ok(Some(message.into_owned()))
+            }
+        }
+    }
+
     /// The peer's close frame (code and reason), once received. A close without status reads
     /// as 1005.
     pub fn close_frame(&self) -> Option<(CloseCode, &str)> {
@@ -738,6 +886,21 @@ impl Sender {
             Message::Pong(p) => self.control(OpCode::Pong, p),
             Message::Close(None) => self.conn.queue_close(None, ""),
             Message::Close(Some(f)) => self.close(f.code, f.reason),
+        }
+    }
+
+    /// Sends an owned message, as [`Sender::send`] does. A text or binary payload of 16 KiB or
+    /// more is not copied: the queue keeps a reference and the kernel reads it from where it
+    /// is (so one `Bytes` can go to many connections without a copy for each). A text
+    /// payload must be valid UTF-8 (it is when it came from [`Receiver::recv_owned`]).
+    pub async fn send_owned(&self, message: OwnedMessage) -> Result<()> {
+        match message {
+            OwnedMessage::Text(b) => self.conn.queue_shared(OpCode::Text, b).await,
+            OwnedMessage::Binary(b) => self.conn.queue_shared(OpCode::Binary, b).await,
+            OwnedMessage::Ping(p) => self.control(OpCode::Ping, &p),
+            OwnedMessage::Pong(p) => self.control(OpCode::Pong, &p),
+            OwnedMessage::Close(None) => self.conn.queue_close(None, ""),
+            OwnedMessage::Close(Some((code, reason))) => self.close(code, &reason),
         }
     }
 
@@ -817,6 +980,16 @@ impl WebSocket {
     /// Sends a message; see [`Sender::send`]. To reply with a received message, split first.
     pub async fn send(&self, message: Message<'_>) -> Result<()> {
         self.tx.send(message).await
+    }
+
+    /// Waits for the next message, owned; see [`Receiver::recv_owned`].
+    pub async fn recv_owned(&mut self) -> Result<Option<OwnedMessage>> {
+        self.rx.recv_owned().await
+    }
+
+    /// Sends an owned message; see [`Sender::send_owned`].
+    pub async fn send_owned(&self, message: OwnedMessage) -> Result<()> {
+        self.tx.send_owned(message).await
     }
 
     /// Starts the closing handshake; see [`Sender::close`].
