@@ -22,10 +22,12 @@ const MIN_SPARE_HEAP_BUFFERS: usize = 64;
 /// buffers beyond what is in use now (plus the minimum).
 const PEAK_WINDOW: u32 = 1 << 16;
 
-/// Reassembly and write buffers larger than a read buffer kept per thread for reuse, at most
+/// Reassembly, message and write buffers of 16 KiB or more kept per thread for reuse, at most
 /// this many bytes in all, so that a stream of large messages does not fault in fresh pages
 /// for each one.
 const LARGE_SPARE_BYTES: usize = 64 << 20;
+/// Buffers smaller than this are left to the allocator.
+pub(crate) const LARGE_MIN: usize = 16 << 10;
 /// At most this many large buffers are kept.
 const LARGE_SPARE_COUNT: usize = 64;
 
@@ -113,7 +115,7 @@ impl BufferPool {
     /// freeing smaller ones, or frees it.
     pub(crate) fn put_large(&self, mut buf: Vec<u8>) {
         let cap = buf.capacity();
-        if cap <= self.size || cap > LARGE_SPARE_BYTES {
+        if !(LARGE_MIN..=LARGE_SPARE_BYTES).contains(&cap) {
             return;
         }
         let mut large = self.large.borrow_mut();
@@ -269,7 +271,7 @@ mod tests {
     #[test]
     fn large_buffers_are_kept_within_the_budget_best_fit_first() {
         let pool = BufferPool::new(0, 1024);
-        // Not larger than a read buffer: not kept.
+        // Under 16 KiB: left to the allocator.
         pool.put_large(Vec::with_capacity(1024));
         assert!(pool.take_large(1).is_none());
         pool.put_large(Vec::with_capacity(8 << 20));

@@ -26,7 +26,7 @@ use crate::proto::frame::{
     encode_header, write_frame, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
 };
 use crate::proto::message::{Direct, Message, OwnedMessage, Reader, Ready};
-use crate::server::buffers::{BufferPool, ReadBuf};
+use crate::server::buffers::{BufferPool, ReadBuf, LARGE_MIN};
 
 /// A frame payload with at least this much still to come is read straight into the
 /// reassembly buffer rather than through the connection's read buffer.
@@ -538,7 +538,7 @@ async fn write_chunks(conn: &Conn, mut parts: Vec<Bytes>) -> std::io::Result<()>
             }
             n -= first.len();
             let done = parts.pop().unwrap_or_default();
-            if done.len() > conn.pool.size() {
+            if done.len() >= LARGE_MIN {
                 if let Ok(buf) = done.try_into_mut() {
                     conn.pool.put_large(Vec::from(buf));
                 }
@@ -822,7 +822,23 @@ impl Receiver {
                     .state
                     .reader
                     .message(&self.state.buf.bytes()[base..end], ready);
-                Ok(Some(message.into_owned()))
+                let payload = message.payload();
+                if payload.len() < LARGE_MIN {
+                    return Ok(Some(message.into_owned()));
+                }
+                // A large message in the read buffer is copied into a pooled buffer, which
+                // comes back to the pool when `send_owned` has written it.
+                let mut owned = self
+                    .state
+                    .pool
+                    .take_large(payload.len())
+                    .unwrap_or_default();
+                owned.extend_from_slice(payload);
+                let owned = Bytes::from(owned);
+                Ok(Some(match ready.opcode() {
+                    OpCode::Text => OwnedMessage::Text(owned),
+                    _ => OwnedMessage::Binary(owned),
+                }))
             }
         }
     }
