@@ -11,7 +11,8 @@
 //!   byte 2: how the bytes arrive: 0 in one piece, otherwise pieces of 1..=byte bytes with
 //!           pseudo-random sizes seeded by the byte
 //!
-//! The pieces go through `Reader::advance` + `Reader::message` (what the I/O loops use), the
+//! The pieces go through `Reader::advance` + `Reader::message` (what the I/O loops use; a
+//! reassembled payload is then also taken out with `Reader::take_assembled`), the
 //! reference run (the whole input in one piece, into a buffer that holds it all) through
 //! `Reader::read`.
 //!
@@ -116,7 +117,18 @@ fn drive(
                         let m = reader.message(&buf[start..end], r);
                         check_ready(&m, &r);
                         check_message(&m, &config);
-                        m.into_owned()
+                        let owned = m.into_owned();
+                        // A reassembled payload can be taken out whole, and reading goes on.
+                        if let Some(taken) = reader.take_assembled(r) {
+                            assert_eq!(taken.len(), r.len());
+                            match &owned {
+                                OwnedMessage::Text(b) | OwnedMessage::Binary(b) => {
+                                    assert_eq!(&taken[..], &b[..])
+                                }
+                                other => panic!("{other:?} taken as reassembled"),
+                            }
+                        }
+                        owned
                     });
                     (a.consumed, m)
                 })
@@ -170,7 +182,12 @@ fn drive(
             _ => reader.take_direct(0),
         };
         if let Some(d) = lent {
-            assert!(d.room > 0 && d.room as u64 <= d.remaining, "{} {}", d.room, d.remaining);
+            assert!(
+                d.room > 0 && d.room as u64 <= d.remaining,
+                "{} {}",
+                d.room,
+                d.remaining
+            );
             assert!(reader.take_direct(0).is_none(), "lent twice");
             let (mut payload, mut room) = (d.buf, d.room);
             if let Direct::Moved = direct {
