@@ -25,6 +25,11 @@ pub enum Error {
     /// A close code or reason the application asked to send is not allowed.
     #[error("invalid close frame: {0}")]
     InvalidClose(#[from] InvalidClose),
+    /// A text message to send is not valid UTF-8 (possible only with an
+    /// [`OwnedMessage::Text`](crate::OwnedMessage::Text) built from arbitrary bytes); nothing
+    /// was sent.
+    #[error("a text message must be valid UTF-8")]
+    InvalidText,
     /// A ping or pong payload over 125 bytes.
     #[error("control frame payload over 125 bytes")]
     ControlTooLong,

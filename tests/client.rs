@@ -84,6 +84,9 @@ fn round_trips(server: uringws::RunningServer) {
     let got = client::block_on(async move {
         let ws = client::connect(&url).await?;
         let (mut rx, tx) = ws.split();
+        // Text built by hand from bytes that are not UTF-8 is refused before anything is sent.
+        let bad = OwnedMessage::Text(vec![b'a', 0xff].into());
+        assert!(matches!(tx.send_owned(bad).await, Err(Error::InvalidText)));
         let mut got = Vec::new();
         for round in 0..3 {
             tx.send_binary(&b2[..b2.len() - round * 1000]).await?;

@@ -908,10 +908,16 @@ impl Sender {
     /// Sends an owned message, as [`Sender::send`] does. A text or binary payload of 16 KiB or
     /// more is not copied: the queue keeps a reference and the kernel reads it from where it
     /// is (so one `Bytes` can go to many connections without a copy for each). A text
-    /// payload must be valid UTF-8 (it is when it came from [`Receiver::recv_owned`]).
+    /// payload must be valid UTF-8 (it is when it came from [`Receiver::recv_owned`]); one that
+    /// is not is refused with [`Error::InvalidText`].
     pub async fn send_owned(&self, message: OwnedMessage) -> Result<()> {
         match message {
-            OwnedMessage::Text(b) => self.conn.queue_shared(OpCode::Text, b).await,
+            OwnedMessage::Text(b) => {
+                if simdutf8::basic::from_utf8(&b).is_err() {
+                    return Err(Error::InvalidText);
+                }
+                self.conn.queue_shared(OpCode::Text, b).await
+            }
             OwnedMessage::Binary(b) => self.conn.queue_shared(OpCode::Binary, b).await,
             OwnedMessage::Ping(p) => self.control(OpCode::Ping, &p),
             OwnedMessage::Pong(p) => self.control(OpCode::Pong, &p),
