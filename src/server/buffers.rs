@@ -248,13 +248,18 @@ mod tests {
         pool.spare.borrow().len()
     }
 
-    #[test]
-    fn heap_buffers_are_reused_up_to_the_peak_demand() {
-        let pool = BufferPool::new(0, 1024);
-        let bufs: Vec<ReadBuf> = (0..300).map(|_| pool.checkout()).collect();
+    /// Checks `n` buffers out at once, then all of them back in.
+    fn out_and_back(pool: &BufferPool, n: usize) {
+        let bufs: Vec<ReadBuf> = (0..n).map(|_| pool.checkout()).collect();
         for b in bufs {
             pool.checkin(b);
         }
+    }
+
+    #[test]
+    fn heap_buffers_are_reused_up_to_the_peak_demand() {
+        let pool = BufferPool::new(0, 1024);
+        out_and_back(&pool, 300);
         // All 300 were out at once, so all 300 are kept.
         assert_eq!(spares(&pool), 300);
         let again: Vec<ReadBuf> = (0..300).map(|_| pool.checkout()).collect();
@@ -297,10 +302,7 @@ mod tests {
     #[test]
     fn the_peak_is_forgotten_after_a_window() {
         let pool = BufferPool::new(0, 64);
-        let bufs: Vec<ReadBuf> = (0..500).map(|_| pool.checkout()).collect();
-        for b in bufs {
-            pool.checkin(b);
-        }
+        out_and_back(&pool, 500);
         assert_eq!(spares(&pool), 500);
         // A window of one-at-a-time use frees the spares beyond the minimum.
         for _ in 0..PEAK_WINDOW {
