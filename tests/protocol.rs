@@ -93,10 +93,7 @@ fn violations_close_with_their_code() {
     assert_eq!(c.expect_close(), Some(1007));
     drop(c);
     // The server still serves a new client.
-    let mut c = Client::connect(addr);
-    c.send(true, OpCode::Text, b"ok");
-    assert_eq!(c.read_frame().unwrap().payload, b"ok");
-    drop(c);
+    assert_still_serves(addr);
     server.shutdown().unwrap();
 }
 

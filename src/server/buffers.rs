@@ -111,6 +111,17 @@ impl BufferPool {
         Some(buf)
     }
 
+    /// Moves `buf`'s bytes into a kept large buffer of at least `capacity` bytes, if there is
+    /// one, and keeps the old buffer in its place; false (and `buf` untouched) otherwise.
+    pub(crate) fn move_to_large(&self, buf: &mut Vec<u8>, capacity: usize) -> bool {
+        let Some(mut large) = self.take_large(capacity) else {
+            return false;
+        };
+        large.extend_from_slice(buf);
+        self.put_large(std::mem::replace(buf, large));
+        true
+    }
+
     /// Keeps a large buffer for reuse (emptied) within the pool's budget, making room by
     /// freeing smaller ones, or frees it.
     pub(crate) fn put_large(&self, mut buf: Vec<u8>) {

@@ -33,8 +33,8 @@ use crate::server::buffers::{BufferPool, ReadBuf, LARGE_MIN};
 const DIRECT_READ_MIN: usize = 16 << 10;
 
 /// Payloads of at least this many bytes sent as `Bytes` are written from where they are
-/// rather than copied into the send queue.
-const SHARE_MIN: usize = 16 << 10;
+/// rather than copied into the send queue (and their buffers go back to the pool after).
+const SHARE_MIN: usize = LARGE_MIN;
 
 /// Buffers in one vectored write, well under the kernel's `UIO_MAXIOV` (1024).
 const MAX_IOVECS: usize = 256;
@@ -361,17 +361,11 @@ impl Conn {
         if need > ob.data.capacity() && payload.len() > KEEP_WRITE_CAPACITY {
             // A large message: a buffer kept from an earlier one spares faulting in fresh
             // memory for this one.
-            match self.pool.take_large(need) {
-                Some(mut large) => {
-                    large.extend_from_slice(&ob.data);
-                    self.pool.put_large(std::mem::replace(&mut ob.data, large));
-                }
+            if !self.pool.move_to_large(&mut ob.data, need) {
                 // Whole 64 KiB steps, so that the buffer fits the next message of about
                 // this size when it comes back from the pool.
-                None => {
-                    let len = ob.data.len();
-                    ob.data.reserve_exact(need.next_multiple_of(64 << 10) - len);
-                }
+                let len = ob.data.len();
+                ob.data.reserve_exact(need.next_multiple_of(64 << 10) - len);
             }
         }
         write_frame(&mut ob.data, true, opcode, key, payload);
@@ -569,9 +563,7 @@ impl Drop for RxState {
     fn drop(&mut self) {
         self.pool
             .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
-        if let Some(large) = self.reader.take_buffer(self.pool.size()) {
-            self.pool.put_large(large);
-        }
+        self.release_large();
     }
 }
 
@@ -620,9 +612,7 @@ impl RxState {
                 self.pool
                     .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
                 // Going idle: a reassembly buffer a large message grew goes back to the pool.
-                if let Some(large) = self.reader.take_buffer(self.pool.size()) {
-                    self.pool.put_large(large);
-                }
+                self.release_large();
                 conn.wait_readable().await;
             }
             if let Some(direct) = self.reader.take_direct(DIRECT_READ_MIN) {
@@ -676,6 +666,14 @@ impl RxState {
         }
     }
 
+    /// Gives a reassembly buffer larger than a read buffer back to the pool (none while a
+    /// message is in progress).
+    fn release_large(&mut self) {
+        if let Some(large) = self.reader.take_buffer(self.pool.size()) {
+            self.pool.put_large(large);
+        }
+    }
+
     /// Reads the next bytes of a large frame's payload straight into the reader's reassembly
     /// buffer (at most `room`, never past the frame). Returns false at EOF or on a read error.
     async fn read_direct(&mut self, conn: &Conn, direct: Direct) -> bool {
@@ -689,9 +687,7 @@ impl RxState {
             // A buffer kept from an earlier large message that holds the whole frame spares
             // growing this one step by step, and the page faults of fresh memory.
             let whole = usize::try_from(len as u64 + remaining).unwrap_or(usize::MAX);
-            if let Some(mut large) = self.pool.take_large(whole) {
-                large.extend_from_slice(&payload);
-                self.pool.put_large(std::mem::replace(&mut payload, large));
+            if self.pool.move_to_large(&mut payload, whole) {
                 room = whole - len;
             }
         }

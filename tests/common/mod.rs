@@ -107,6 +107,13 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
+/// Checks that the server at `addr` still serves a new client: a text message is echoed.
+pub fn assert_still_serves(addr: SocketAddr) {
+    let mut c = Client::connect(addr);
+    c.send(true, OpCode::Text, b"still here");
+    assert_eq!(c.read_frame().unwrap().payload, b"still here");
+}
+
 impl Client {
     /// Connects and completes a valid handshake.
     pub fn connect(addr: SocketAddr) -> Client {
