@@ -36,6 +36,12 @@ fn mask(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("apply_mask", size), &size, |b, _| {
             b.iter(|| apply_mask(black_box(&mut buf[..]), black_box(KEY), black_box(1)))
         });
+        // Where a payload lies in a read buffer: after a 14-byte header (64-bit length, mask),
+        // so not aligned.
+        let mut framed = vec![0u8; size + 14];
+        group.bench_with_input(BenchmarkId::new("apply_mask_at_14", size), &size, |b, _| {
+            b.iter(|| apply_mask(black_box(&mut framed[14..]), black_box(KEY), black_box(1)))
+        });
         group.bench_with_input(BenchmarkId::new("bytewise", size), &size, |b, _| {
             b.iter(|| apply_mask_bytewise(black_box(&mut buf[..]), black_box(KEY), black_box(1)))
         });

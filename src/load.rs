@@ -811,6 +811,17 @@ async fn writer(conn: Rc<Conn>, plan: Arc<Plan>) {
                     break;
                 }
             }
+            Batch::Frame => {
+                // One data frame and nothing else: written from where it was masked, which
+                // spares copying it (a tenth of the generator's CPU at 64 KiB).
+                let frame = std::mem::take(&mut framer.frame);
+                let (res, frame) = conn.stream.write_all(frame).await;
+                framer.frame = frame;
+                if let Err(e) = res {
+                    conn.fail(format!("write: {e}"));
+                    break;
+                }
+            }
         }
     }
     conn.st.borrow_mut().writer_done = true;
@@ -825,6 +836,8 @@ enum Batch {
     Idle,
     /// Write the buffer.
     Write,
+    /// Write the framer's frame (the buffer is empty).
+    Frame,
 }
 
 /// A connection's prepared data frame and its masking keys.
@@ -840,7 +853,8 @@ struct Framer {
 
 impl Framer {
     /// Appends everything pending to `out`: pongs, the data frames asked for (recording their
-    /// send time), then the close frame if one was requested.
+    /// send time), then the close frame if one was requested. A lone data frame is not
+    /// appended: `Batch::Frame` says to write `self.frame` itself.
     fn batch(&mut self, st: &mut State, out: &mut Vec<u8>) -> Batch {
         if st.abort || st.close_sent {
             return Batch::Stop;
@@ -850,6 +864,11 @@ impl Framer {
             write_frame(out, true, OpCode::Pong, Some(key), &payload);
         }
         let n = std::mem::take(&mut st.to_send);
+        if n == 1 && out.is_empty() && !st.close_requested {
+            self.rekey();
+            st.in_flight.push_back(Instant::now());
+            return Batch::Frame;
+        }
         if n > 0 {
             let now = Instant::now();
             for _ in 0..n {

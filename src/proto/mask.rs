@@ -2,11 +2,14 @@
 //!
 //! The key is applied in memory order (`key[(phase + i) % 4]`), which avoids any endianness
 //! question, and the phase is carried across calls so that a payload which arrives in several
-//! reads is unmasked piece by piece. The hot loop works on 32-byte chunks against a repeated
-//! pattern, which LLVM turns into vector XORs without `unsafe` or alignment tricks.
+//! reads is unmasked piece by piece. The hot loop works on 32-byte chunks, starting at a 32-byte
+//! aligned address, against a repeated pattern, which LLVM turns into vector XORs without
+//! `unsafe`.
 
 /// Width of the repeated mask pattern the hot loop XORs with.
 const LANE: usize = 32;
+/// Buffers at least this long are masked from a LANE-aligned address on.
+const ALIGN_FROM: usize = 128 * LANE;
 
 /// XORs `buf` in place with `key`, starting at mask position `phase` (taken modulo 4).
 ///
@@ -25,6 +28,25 @@ const LANE: usize = 32;
 #[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], phase: usize) -> usize {
     let phase = phase & 3;
+    // In a long buffer, bytes up to the first LANE-aligned address go one by one: vector
+    // stores that straddle cache lines made the pass 1.4x slower (64 KiB at a frame header's
+    // offset of 14). A short buffer is not worth the byte loop.
+    let head_len = if buf.len() >= ALIGN_FROM {
+        (buf.as_ptr() as usize).wrapping_neg() & (LANE - 1)
+    } else {
+        0
+    };
+    let (head, body) = buf.split_at_mut(head_len);
+    for (i, b) in head.iter_mut().enumerate() {
+        *b ^= key[(phase + i) & 3];
+    }
+    mask_lanes(body, key, (phase + head_len) & 3);
+    (phase + buf.len()) & 3
+}
+
+/// The vectorised pass of [`apply_mask`] over `buf`, from mask position `phase` (0..4).
+#[inline]
+fn mask_lanes(buf: &mut [u8], key: [u8; 4], phase: usize) {
     let rotated = [
         key[phase],
         key[(phase + 1) & 3],
@@ -45,7 +67,6 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], phase: usize) -> usize {
     for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
         *b ^= rotated[i & 3];
     }
-    (phase + buf.len()) & 3
 }
 
 /// The byte-by-byte definition of masking; the reference [`apply_mask`] is tested and
@@ -72,9 +93,13 @@ mod tests {
     #[test]
     fn every_length_phase_and_alignment() {
         let key = [0xde, 0xad, 0xbe, 0xef];
-        let base: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
-        for offset in 0..8 {
-            for len in 0..(base.len() - offset) {
+        // Every alignment; every short length, and the lengths on both sides of ALIGN_FROM.
+        let base: Vec<u8> = (0..(ALIGN_FROM as u32 + 200))
+            .map(|i| (i * 7 + 3) as u8)
+            .collect();
+        let lengths = (0..300).chain(ALIGN_FROM - 3 * LANE..ALIGN_FROM + 3 * LANE);
+        for offset in 0..(LANE + 1) {
+            for len in lengths.clone() {
                 for phase in 0..4 {
                     let mut a = base.clone();
                     let mut b = base.clone();
@@ -89,7 +114,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn agrees_with_bytewise(data in proptest::collection::vec(any::<u8>(), 0..2000),
+        fn agrees_with_bytewise(data in proptest::collection::vec(any::<u8>(), 0..2 * ALIGN_FROM + 100),
                                 key in any::<[u8; 4]>(), phase in 0usize..4, split in any::<prop::sample::Index>()) {
             let mut a = data.clone();
             let mut b = data.clone();
