@@ -59,20 +59,72 @@ fn large_messages_round_trip_again_and_again() {
 fn owned_messages_round_trip_without_copies() {
     // recv_owned hands reassembled payloads over as Bytes, send_owned writes large ones from
     // where they are; the same buffers cycle through the thread's pool.
-    let server = start_with(
-        local(1).read_buffer_size(16 << 10),
-        |ws: uringws::WebSocket| async move {
-            let (mut rx, tx) = ws.split();
-            while let Some(msg) = rx.recv_owned().await? {
-                tx.send_owned(msg).await?;
-            }
-            Ok(())
-        },
-    );
-    let Some(server) = server else {
+    let Some(server) = start_owned_echo(local(1).read_buffer_size(16 << 10)) else {
         return;
     };
     round_trips(server);
+}
+
+/// Starts `server` with an echo handler that uses `recv_owned` and `send_owned`.
+fn start_owned_echo(server: uringws::Server) -> Option<uringws::RunningServer> {
+    start_with(server, |ws: uringws::WebSocket| async move {
+        let (mut rx, tx) = ws.split();
+        while let Some(msg) = rx.recv_owned().await? {
+            tx.send_owned(msg).await?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn owned_messages_that_fit_the_read_buffer_keep_order_and_bytes() {
+    // With the default 64 KiB read buffer these messages lie whole in it. The first large
+    // one is copied out of a registered buffer; after it reads go to heap buffers, which
+    // later large messages take with them, the bytes behind them moving to a fresh buffer
+    // (the client sends them all before reading, so several share a read).
+    let Some(server) = start_owned_echo(local(1)) else {
+        return;
+    };
+    let url = format!("ws://{}/", server.local_addr());
+    let sizes = [
+        20_000, 40_000, 5, 60_000, 30_000, 17, 65_000, 16_384, 16_383, 50_000, 0, 65_536,
+    ];
+    let sent: Vec<OwnedMessage> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            if i % 3 == 1 {
+                OwnedMessage::Text("é".repeat(n / 2).into())
+            } else {
+                let bytes: Vec<u8> = (0..n).map(|j| (j * 7 + i) as u8).collect();
+                OwnedMessage::Binary(bytes.into())
+            }
+        })
+        .collect();
+    let want = sent.clone();
+    let got = client::block_on(async move {
+        let ws = client::connect(&url).await?;
+        let (mut rx, tx) = ws.split();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            for msg in &sent {
+                tx.send_owned(msg.clone()).await?;
+            }
+            for _ in &sent {
+                got.push(rx.recv_owned().await?.unwrap());
+            }
+        }
+        tx.close(CloseCode::NORMAL, "")?;
+        assert!(rx.recv().await?.is_none());
+        Ok::<_, Error>(got)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(got.len(), 3 * want.len());
+    for (i, msg) in got.iter().enumerate() {
+        assert!(*msg == want[i % want.len()], "message {i}");
+    }
+    server.shutdown().unwrap();
 }
 
 /// Sends large and small messages three times over one connection and checks the echoes.

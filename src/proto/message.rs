@@ -634,6 +634,12 @@ impl Ready {
         self.len
     }
 
+    /// Where the payload lies in the buffer passed to [`Reader::advance`], or `None` when it
+    /// is in the reader's reassembly buffer.
+    pub fn in_buffer(&self) -> Option<std::ops::Range<usize>> {
+        self.at.map(|at| at..at + self.len)
+    }
+
     /// Whether the payload is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -162,8 +162,30 @@ impl BufferPool {
         }
     }
 
+    /// A heap buffer of at least the read size (a kept large buffer first), for reads whose
+    /// buffer may be handed out with the message it holds ([`BufferPool::detach`]).
+    pub(crate) fn checkout_heap(&self) -> ReadBuf {
+        let out = self.heap_out.get() + 1;
+        self.heap_out.set(out);
+        self.peak.set(self.peak.get().max(out));
+        match self.take_large(self.size) {
+            Some(buf) => ReadBuf::Heap(buf),
+            None => match self.spare.borrow_mut().pop() {
+                Some(buf) => ReadBuf::Heap(buf),
+                None => ReadBuf::heap(self.size),
+            },
+        }
+    }
+
+    /// A checked-out heap buffer left for good (handed to the application with a message):
+    /// it no longer counts as out. It may come back later through [`BufferPool::put_large`].
+    pub(crate) fn detach(&self) {
+        self.heap_out.set(self.heap_out.get().saturating_sub(1));
+    }
+
     /// Gives a buffer back: a registered one returns to the ring's pool when dropped, a heap
-    /// one is kept for reuse (within the recent peak demand) or freed.
+    /// one is kept for reuse (within the recent peak demand) or freed; one of another size
+    /// (from [`BufferPool::checkout_heap`]) goes to the large buffers.
     pub(crate) fn checkin(&self, buf: ReadBuf) {
         let ReadBuf::Heap(v) = buf else { return };
         // Buffers made outside the pool (the client's first) count as if checked out.
@@ -178,7 +200,10 @@ impl BufferPool {
         } else {
             self.checkins.set(checkins);
         }
-        if spare.len() + out < self.peak.get() && v.capacity() == self.size {
+        if v.capacity() != self.size {
+            drop(spare);
+            self.put_large(v);
+        } else if spare.len() + out < self.peak.get() {
             spare.push(v);
         }
     }
@@ -308,6 +333,32 @@ mod tests {
         assert!(pool.large.borrow().len() <= LARGE_SPARE_COUNT);
         let total: usize = pool.large.borrow().iter().map(|b| b.capacity()).sum();
         assert_eq!(total, pool.large_bytes.get());
+    }
+
+    #[test]
+    fn heap_checkouts_prefer_kept_large_buffers_and_detached_ones_stop_counting() {
+        let pool = BufferPool::new(0, 20 << 10);
+        pool.put_large(Vec::with_capacity(64 << 10));
+        let ReadBuf::Heap(first) = pool.checkout_heap() else {
+            panic!("a heap buffer")
+        };
+        assert_eq!(first.capacity(), 64 << 10, "the kept large buffer");
+        let second = pool.checkout_heap();
+        assert_eq!(second.capacity(), 20 << 10, "a fresh one of the read size");
+        assert_eq!(pool.heap_out.get(), 2);
+        // The first leaves with a message and comes back later as a large buffer; the second
+        // is checked in.
+        pool.detach();
+        pool.checkin(second);
+        assert_eq!(pool.heap_out.get(), 0);
+        assert_eq!(spares(&pool), 1);
+        pool.put_large(first);
+        // A checked-in heap buffer of another size goes to the large buffers.
+        let third = pool.checkout_heap();
+        assert_eq!(third.capacity(), 64 << 10);
+        pool.checkin(third);
+        assert_eq!(pool.heap_out.get(), 0);
+        assert_eq!(pool.take_large(1).map(|b| b.capacity()), Some(64 << 10));
     }
 
     #[test]

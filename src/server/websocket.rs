@@ -9,6 +9,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::net::Shutdown;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -533,7 +534,10 @@ async fn write_chunks(conn: &Conn, mut parts: Vec<Bytes>) -> std::io::Result<()>
             n -= first.len();
             let done = parts.pop().unwrap_or_default();
             if done.len() >= LARGE_MIN {
-                if let Ok(buf) = done.try_into_mut() {
+                if let Ok(mut buf) = done.try_into_mut() {
+                    // Emptied first: a payload that starts inside its allocation would
+                    // otherwise be moved to the front.
+                    buf.clear();
                     conn.pool.put_large(Vec::from(buf));
                 }
             }
@@ -553,6 +557,9 @@ pub(crate) struct RxState {
     /// The last read did not fill the buffer (the socket is probably drained): the next
     /// wait, if the buffer is empty, is a readiness poll that pins no buffer.
     drained: bool,
+    /// The last message was large and went out with `recv_owned`: read into heap buffers,
+    /// which the next such message can take with it instead of being copied out.
+    heap_reads: bool,
     /// The peer's close frame, once received.
     pub(crate) peer_close: Option<(CloseCode, String)>,
     /// The receive side ended (close received, protocol error, or EOF).
@@ -586,6 +593,7 @@ impl RxState {
     ) -> Self {
         RxState {
             drained: true,
+            heap_reads: false,
             buf,
             start,
             end,
@@ -627,7 +635,11 @@ impl RxState {
             self.start = 0;
         }
         if let ReadBuf::Taken = self.buf {
-            self.buf = self.pool.checkout();
+            self.buf = if self.heap_reads {
+                self.pool.checkout_heap()
+            } else {
+                self.pool.checkout()
+            };
         }
         let space = self.buf.capacity() - self.end;
         if space == 0 {
@@ -664,6 +676,36 @@ impl RxState {
                 None
             }
         }
+    }
+
+    /// Hands out `range` of a heap read buffer as `Bytes` without a copy: the buffer goes
+    /// with it, and the bytes after the message move to a fresh one. `None` (and nothing
+    /// changed) for a registered buffer, which must go back to the ring; when more bytes
+    /// follow the message than it holds (copying the message out is then cheaper); and when
+    /// the message fills less than half the buffer (which it would keep alive with it).
+    fn take_read_buffer(&mut self, range: Range<usize>) -> Option<Bytes> {
+        if self.end - self.start > range.len() || range.len() * 2 < self.buf.capacity() {
+            return None;
+        }
+        let taken = match std::mem::replace(&mut self.buf, ReadBuf::Taken) {
+            ReadBuf::Heap(v) => v,
+            other => {
+                self.buf = other;
+                return None;
+            }
+        };
+        self.pool.detach();
+        if self.start < self.end {
+            let ReadBuf::Heap(mut rest) = self.pool.checkout_heap() else {
+                unreachable!("checkout_heap gives heap buffers")
+            };
+            rest.clear();
+            rest.extend_from_slice(&taken[self.start..self.end]);
+            self.buf = ReadBuf::Heap(rest);
+        }
+        self.end -= self.start;
+        self.start = 0;
+        Some(Bytes::slice(&Bytes::from(taken), range))
     }
 
     /// Gives a reassembly buffer larger than a read buffer back to the pool (none while a
@@ -800,8 +842,10 @@ impl Receiver {
 
     /// Like [`Receiver::recv`], but the message is owned (`Bytes`), so it can be kept, sent to
     /// other tasks, or sent on with [`Sender::send_owned`]. A message that was reassembled
-    /// (fragmented, or larger than the read buffer) is handed over without a copy; one that
-    /// lies in the read buffer is copied out of it.
+    /// (fragmented, or larger than the read buffer) is handed over without a copy. One that
+    /// lies in the read buffer is copied out of it, except that after a first large
+    /// (16 KiB or more) message the connection reads into heap buffers, and a large message
+    /// that fills at least half of one then leaves with it.
     pub async fn recv_owned(&mut self) -> Result<Option<OwnedMessage>> {
         match self.state.next(&self.conn, true).await? {
             Got::End => Ok(None),
@@ -814,23 +858,27 @@ impl Receiver {
                     }));
                 }
                 let end = self.state.end;
-                let message = self
-                    .state
-                    .reader
-                    .message(&self.state.buf.bytes()[base..end], ready);
-                let payload = message.payload();
-                if payload.len() < LARGE_MIN {
+                let state = &mut self.state;
+                let message = state.reader.message(&state.buf.bytes()[base..end], ready);
+                if message.payload().len() < LARGE_MIN {
+                    state.heap_reads = false;
                     return Ok(Some(message.into_owned()));
                 }
-                // A large message in the read buffer is copied into a pooled buffer, which
-                // comes back to the pool when `send_owned` has written it.
-                let mut owned = self
-                    .state
-                    .pool
-                    .take_large(payload.len())
-                    .unwrap_or_default();
-                owned.extend_from_slice(payload);
-                let owned = Bytes::from(owned);
+                // A large message leaves with its heap read buffer; from a registered one it
+                // is copied into a pooled buffer. Either comes back to the pool when
+                // `send_owned` has written it. Later reads go to heap buffers.
+                state.heap_reads = true;
+                let range = ready.in_buffer().map(|r| base + r.start..base + r.end);
+                let owned = match range.and_then(|r| state.take_read_buffer(r)) {
+                    Some(owned) => owned,
+                    None => {
+                        let message = state.reader.message(&state.buf.bytes()[base..end], ready);
+                        let payload = message.payload();
+                        let mut owned = state.pool.take_large(payload.len()).unwrap_or_default();
+                        owned.extend_from_slice(payload);
+                        Bytes::from(owned)
+                    }
+                };
                 Ok(Some(match ready.opcode() {
                     OpCode::Text => OwnedMessage::Text(owned),
                     _ => OwnedMessage::Binary(owned),
@@ -868,6 +916,7 @@ impl Drop for Receiver {
                 reader: Reader::new(config),
                 pool,
                 drained: false,
+                heap_reads: false,
                 peer_close: None,
                 finished: true,
             },
