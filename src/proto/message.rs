@@ -796,12 +796,15 @@ mod tests {
         let taken = r.take_assembled(ready).unwrap();
         assert_eq!((taken.as_ptr(), &taken[..]), (at, &b"Hello"[..]));
         assert!(r.take_assembled(ready).is_none(), "taken once");
+        assert_eq!(ready.in_buffer(), None, "reassembled");
         let rest = &mut wire[a.consumed..];
         let b = r.advance(rest).unwrap();
         assert!(
             r.take_assembled(b.ready.unwrap()).is_none(),
             "in the caller's buffer"
         );
+        // A single frame's payload follows its 6-byte header (short length, mask).
+        assert_eq!(b.ready.unwrap().in_buffer(), Some(6..14));
         assert_eq!(
             r.message(rest, b.ready.unwrap()),
             Message::Binary(b"in place")
