@@ -36,6 +36,11 @@ fn malformed_handshakes_get_their_status() {
         ),
         (valid.replace(KEY, "c2hvcnQ="), 400),
         ("GARBAGE\r\n\r\n".into(), 400),
+        // Bare LF line ends: refused at their blank line, not at the timeout.
+        (valid.replace("\r\n", "\n"), 400),
+        // An upgrade with a body.
+        (upgrade_request("/", "Content-Length: 5\r\n") + "hello", 400),
+        (upgrade_request("/", "Transfer-Encoding: chunked\r\n"), 400),
         ("GET / HTTP/1.1\r\nBad Header\r\n\r\n".into(), 400),
         (
             upgrade_request("/", &format!("X-Big: {}\r\n", "a".repeat(9000))),

@@ -61,8 +61,15 @@ impl HeadScanner {
     /// to what follows (frames, or a request body).
     pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, HandshakeError> {
         let from = self.scanned.saturating_sub(3).min(buf.len());
-        if let Some(i) = memchr::memmem::find(&buf[from..], b"\r\n\r\n") {
-            let len = from + i + 4;
+        let end = memchr::memmem::find(&buf[from..], b"\r\n\r\n").map(|i| from + i + 4);
+        // A head whose lines end in a bare LF would never show the CRLF blank line: it is
+        // refused as soon as its own blank line ("\n\n", which CRLF lines never contain)
+        // arrives, rather than at the size limit or the timeout.
+        let head = &buf[self.scanned.saturating_sub(1).min(buf.len())..end.unwrap_or(buf.len())];
+        if memchr::memmem::find(head, b"\n\n").is_some() {
+            return Err(HandshakeError::Malformed("line ends in a bare LF"));
+        }
+        if let Some(len) = end {
             if len > self.limit {
                 return Err(HandshakeError::TooLarge);
             }
@@ -426,6 +433,11 @@ pub fn parse(head: &[u8]) -> Result<Handshake<'_>, HandshakeError> {
     };
     if list_items(h, "sec-websocket-protocol").any(|p| !p.bytes().all(is_tchar)) {
         return Err(HandshakeError::Protocol);
+    }
+    // Bytes after the head are frames: a body would be read as frames (or smuggle a
+    // request past a proxy that frames it), so an upgrade that announces one is refused.
+    if request.body_len()? != 0 {
+        return Err(HandshakeError::Malformed("an upgrade request has no body"));
     }
     Ok(Handshake::WebSocket(UpgradeRequest { request, key }))
 }
@@ -948,6 +960,55 @@ X-Server: uringws\r\n\r\n"
             }
             assert_eq!(found, Some(CHROME.len()), "step {step}");
         }
+    }
+
+    #[test]
+    fn scanner_refuses_bare_lf_heads_at_their_blank_line() {
+        let bare = b"GET / HTTP/1.1\nHost: x\nUpgrade: websocket\n\n";
+        let mixed = b"GET / HTTP/1.1\r\nHost: x\r\n\n";
+        for head in [&bare[..], &mixed[..]] {
+            for step in [1, 5, head.len()] {
+                let mut s = HeadScanner::new(DEFAULT_MAX_REQUEST);
+                let mut got = Ok(None);
+                for end in (step..head.len() + step).step_by(step) {
+                    got = s.scan(&head[..end.min(head.len())]);
+                    if got != Ok(None) {
+                        break;
+                    }
+                }
+                assert_eq!(
+                    got,
+                    Err(HandshakeError::Malformed("line ends in a bare LF")),
+                    "step {step}"
+                );
+            }
+        }
+        // Frame bytes after a complete head may hold anything.
+        let mut data = CHROME.to_vec();
+        data.extend_from_slice(b"\n\n\n");
+        assert_eq!(
+            HeadScanner::new(DEFAULT_MAX_REQUEST).scan(&data),
+            Ok(Some(CHROME.len()))
+        );
+    }
+
+    #[test]
+    fn upgrades_with_a_body_are_refused() {
+        let head = String::from_utf8(CHROME.to_vec()).unwrap();
+        for extra in [
+            "Content-Length: 5\r\n",
+            "Transfer-Encoding: chunked\r\n",
+            "Content-Length: x\r\n",
+        ] {
+            let with = head.replacen("\r\n", &format!("\r\n{extra}"), 1);
+            let err = parse(with.as_bytes()).unwrap_err();
+            assert_eq!(err.status(), 400, "{extra}");
+        }
+        let empty = head.replacen("\r\n", "\r\nContent-Length: 0\r\n", 1);
+        assert!(matches!(
+            parse(empty.as_bytes()),
+            Ok(Handshake::WebSocket(_))
+        ));
     }
 
     #[test]
