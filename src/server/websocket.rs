@@ -11,6 +11,7 @@ use std::net::Shutdown;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -131,6 +132,44 @@ struct Outbox {
     failed: bool,
 }
 
+/// Wakes the one writer task of a connection, with `Notify::notify_one`'s meaning (a wakeup
+/// that finds the writer busy is kept for its next wait) but none of its locking or waiter
+/// list: everything here runs on one thread.
+#[derive(Default)]
+struct WriterSignal {
+    /// A wakeup not yet consumed.
+    pending: Cell<bool>,
+    /// The writer, while it waits.
+    waker: RefCell<Option<Waker>>,
+}
+
+impl WriterSignal {
+    /// Wakes the writer, or leaves the wakeup for its next wait.
+    fn notify(&self) {
+        self.pending.set(true);
+        let waker = self.waker.borrow_mut().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Waits for a wakeup (returns at once if one is pending).
+    async fn notified(&self) {
+        std::future::poll_fn(|cx| {
+            if self.pending.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut waker = self.waker.borrow_mut();
+            match &mut *waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                other => *other = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 /// What the halves and the connection task share.
 pub(crate) struct Conn {
     /// Epoll readiness of the socket, registered on first use. Declared before `stream` so
@@ -139,7 +178,7 @@ pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     outbox: RefCell<Outbox>,
     /// Wakes the writer when something is queued.
-    wake_writer: Notify,
+    wake_writer: WriterSignal,
     /// Wakes senders when queue space frees up, and waiters for the writer's end.
     progress: Notify,
     /// Wakes the watchdog when the phase or deadline changes.
@@ -176,7 +215,7 @@ impl Conn {
             readiness: OnceCell::new(),
             stream,
             outbox: RefCell::default(),
-            wake_writer: Notify::new(),
+            wake_writer: WriterSignal::default(),
             progress: Notify::new(),
             wake_watchdog: Notify::new(),
             phase: Cell::new(Phase::Handshake),
@@ -283,7 +322,7 @@ impl Conn {
             // Waiting senders learn that the connection is closing.
             self.progress.notify_waiters();
         }
-        self.wake_writer.notify_one();
+        self.wake_writer.notify();
         Ok(())
     }
 
@@ -330,7 +369,7 @@ impl Conn {
         ob.chunks.push(Bytes::from(head));
         ob.chunks.push(payload);
         drop(ob);
-        self.wake_writer.notify_one();
+        self.wake_writer.notify();
         Ok(())
     }
 
@@ -371,7 +410,7 @@ impl Conn {
         }
         write_frame(&mut ob.data, true, opcode, key, payload);
         drop(ob);
-        self.wake_writer.notify_one();
+        self.wake_writer.notify();
     }
 
     /// Waits while more than the send-queue limit (control frames included) is pending, so
@@ -406,7 +445,7 @@ impl Conn {
         let mut ob = self.outbox.borrow_mut();
         ob.close_queued = true;
         drop(ob);
-        self.wake_writer.notify_one();
+        self.wake_writer.notify();
     }
 }
 
@@ -1165,5 +1204,43 @@ pub(crate) async fn watchdog(conn: Rc<Conn>) {
             },
             None => conn.wake_watchdog.notified().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Wake};
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn writer_signal_keeps_a_wakeup_and_wakes_a_waiting_writer() {
+        let signal = WriterSignal::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        // A wakeup sent while the writer is busy is kept for its next wait, once.
+        signal.notify();
+        signal.notify();
+        let mut wait = std::pin::pin!(signal.notified());
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        let mut wait = std::pin::pin!(signal.notified());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        assert!(wait.as_mut().poll(&mut cx).is_pending(), "polled again");
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        // A waiting writer is woken once, and its wait then completes.
+        signal.notify();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
     }
 }
