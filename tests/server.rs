@@ -261,3 +261,45 @@ fn shared_payloads_keep_their_order_through_partial_writes() {
     drop(c);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn frames_queued_from_other_tasks_and_after_awaits_go_out() {
+    // Frames a handler queues are announced to the writer when its poll ends; frames queued
+    // from another task wake the writer themselves. Neither may wait for the other.
+    let handler = |ws: uringws::WebSocket| async move {
+        let (mut rx, tx) = ws.split();
+        let ticker = tx.clone();
+        tokio_uring::spawn(async move {
+            for i in 0..3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = ticker.send_text(&format!("tick {i}")).await;
+            }
+        });
+        while let Some(msg) = rx.recv_owned().await? {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tx.send_owned(msg).await?;
+            tx.send_text("and after").await?;
+        }
+        Ok(())
+    };
+    let Some(server) = start_with(local(1), handler) else {
+        return;
+    };
+    let mut c = Client::connect(server.local_addr());
+    // The ticks arrive while the handler waits in recv (the read timeout is 20 s).
+    for i in 0..3 {
+        let f = c.read_frame().expect("a tick");
+        assert_eq!(f.payload, format!("tick {i}").into_bytes());
+    }
+    for round in 0..3 {
+        let text = format!("echo {round}");
+        c.send(true, OpCode::Text, text.as_bytes());
+        assert_eq!(c.read_frame().expect("the echo").payload, text.into_bytes());
+        assert_eq!(c.read_frame().expect("the second").payload, b"and after");
+    }
+    c.send(true, OpCode::Close, &1000u16.to_be_bytes());
+    assert_eq!(c.expect_close(), Some(1000));
+    c.expect_eof();
+    drop(c);
+    server.shutdown().unwrap();
+}

@@ -13,7 +13,7 @@ use crate::proto::handshake::{self, Handshake, HeadScanner, UpgradeRequest};
 use crate::proto::message::{Reader, ReaderConfig};
 use crate::server::buffers::ReadBuf;
 use crate::server::websocket::{
-    finish, linger, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, WebSocket,
+    corked, finish, linger, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, WebSocket,
 };
 use crate::server::{HttpResponse, ThreadCtx};
 
@@ -202,7 +202,7 @@ async fn run(ctx: &ThreadCtx, conn: Rc<Conn>, state: RxState) {
     conn.set_phase(Phase::Open);
     let writer_task = tokio_uring::spawn(writer(conn.clone()));
     let ws = WebSocket::new(conn.clone(), state);
-    let result = (ctx.handler)(ws).await;
+    let result = corked(&conn, (ctx.handler)(ws)).await;
     if let Err(e) = &result {
         tracing::debug!(error = %e, "handler ended with an error");
     }

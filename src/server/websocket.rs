@@ -7,11 +7,13 @@
 //! read goes out in one write. Control frames jump the queue.
 
 use std::cell::{Cell, OnceCell, RefCell};
+use std::future::Future;
 use std::net::Shutdown;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +23,7 @@ use tokio::io::Interest;
 use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
+use tokio_uring::{BufResult, InFlightOneshot, WriteData, WriteTransform};
 
 use crate::error::{Error, Result};
 use crate::proto::close::{write_close_payload, CloseCode};
@@ -130,6 +133,35 @@ struct Outbox {
     writer_done: bool,
     /// The write side failed; the peer is gone.
     failed: bool,
+    /// The buffer of the last write, emptied, for the next batch to swap in.
+    spare: Vec<u8>,
+}
+
+impl Outbox {
+    /// Takes the queued control and data frames, control first, as one write; `None` when
+    /// none are queued. The spare buffer takes `data`'s place.
+    fn take_batch(&mut self) -> Option<Vec<u8>> {
+        if self.control.is_empty() && self.data.is_empty() {
+            return None;
+        }
+        let mut batch = std::mem::take(&mut self.spare);
+        batch.clear();
+        if self.control.is_empty() {
+            std::mem::swap(&mut batch, &mut self.data);
+        } else {
+            std::mem::swap(&mut batch, &mut self.control);
+            batch.extend_from_slice(&self.data);
+            self.data.clear();
+        }
+        self.in_flight = batch.len();
+        Some(batch)
+    }
+}
+
+/// A write the connection task submitted for the writer to finish.
+enum Handed {
+    InFlight(InFlightOneshot<WriteData<Vec<u8>>, WriteTransform<Vec<u8>>>),
+    Done(BufResult<usize, Vec<u8>>),
 }
 
 /// Wakes the one writer task of a connection, with `Notify::notify_one`'s meaning (a wakeup
@@ -141,6 +173,8 @@ struct WriterSignal {
     pending: Cell<bool>,
     /// The writer, while it waits.
     waker: RefCell<Option<Waker>>,
+    /// The writer is waiting (its last poll of `notified` was pending).
+    waiting: Cell<bool>,
 }
 
 impl WriterSignal {
@@ -157,6 +191,7 @@ impl WriterSignal {
     async fn notified(&self) {
         std::future::poll_fn(|cx| {
             if self.pending.replace(false) {
+                self.waiting.set(false);
                 return Poll::Ready(());
             }
             let mut waker = self.waker.borrow_mut();
@@ -164,9 +199,24 @@ impl WriterSignal {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 other => *other = Some(cx.waker().clone()),
             }
+            self.waiting.set(true);
             Poll::Pending
         })
         .await
+    }
+
+    /// The waiting writer's waker, if it waits with no wakeup pending.
+    fn idle_writer(&self) -> Option<Waker> {
+        if !self.waiting.get() || self.pending.get() {
+            return None;
+        }
+        self.waker.borrow().clone()
+    }
+
+    /// Marks a wakeup pending without waking the writer: something else (a write it was
+    /// handed) will wake it.
+    fn set_pending(&self) {
+        self.pending.set(true);
     }
 }
 
@@ -179,6 +229,12 @@ pub(crate) struct Conn {
     outbox: RefCell<Outbox>,
     /// Wakes the writer when something is queued.
     wake_writer: WriterSignal,
+    /// The connection task is polling the application's handler (see [`Corked`]).
+    in_handler: Cell<bool>,
+    /// Frames were queued during that poll and the writer was not told yet.
+    corked: Cell<bool>,
+    /// A write submitted by the connection task, for the writer to finish.
+    handed: RefCell<Option<Handed>>,
     /// Wakes senders when queue space frees up, and waiters for the writer's end.
     progress: Notify,
     /// Wakes the watchdog when the phase or deadline changes.
@@ -216,6 +272,9 @@ impl Conn {
             stream,
             outbox: RefCell::default(),
             wake_writer: WriterSignal::default(),
+            in_handler: Cell::new(false),
+            corked: Cell::new(false),
+            handed: RefCell::new(None),
             progress: Notify::new(),
             wake_watchdog: Notify::new(),
             phase: Cell::new(Phase::Handshake),
@@ -322,7 +381,7 @@ impl Conn {
             // Waiting senders learn that the connection is closing.
             self.progress.notify_waiters();
         }
-        self.wake_writer.notify();
+        self.queued();
         Ok(())
     }
 
@@ -369,7 +428,7 @@ impl Conn {
         ob.chunks.push(Bytes::from(head));
         ob.chunks.push(payload);
         drop(ob);
-        self.wake_writer.notify();
+        self.queued();
         Ok(())
     }
 
@@ -410,7 +469,49 @@ impl Conn {
         }
         write_frame(&mut ob.data, true, opcode, key, payload);
         drop(ob);
-        self.wake_writer.notify();
+        self.queued();
+    }
+
+    /// Tells the writer that frames were queued: at once, or, while the connection task
+    /// polls the handler, when that poll ends (so that every reply it produced goes out in
+    /// one write).
+    fn queued(&self) {
+        if self.in_handler.get() {
+            self.corked.set(true);
+        } else {
+            self.wake_writer.notify();
+        }
+    }
+
+    /// At the end of a poll of the handler: when frames were queued during it and the writer
+    /// is idle, submits their write here, registered with the writer's waker, so that the
+    /// writer runs once, when the write completes, instead of also once to start it.
+    /// Otherwise wakes the writer.
+    fn flush_corked(&self) {
+        if !self.corked.replace(false) {
+            return;
+        }
+        let batch = match self.wake_writer.idle_writer() {
+            Some(waker) if self.handed.borrow().is_none() => {
+                let mut ob = self.outbox.borrow_mut();
+                let plain = ob.chunks.is_empty() && ob.in_flight == 0 && !ob.failed;
+                plain.then(|| ob.take_batch()).flatten().map(|b| (waker, b))
+            }
+            _ => None,
+        };
+        let Some((waker, batch)) = batch else {
+            self.wake_writer.notify();
+            return;
+        };
+        let mut write = self.stream.write(batch).submit();
+        // The write is not in the kernel yet (that happens when the thread next enters the
+        // ring), so this registers the writer's waker with it.
+        let handed = match Pin::new(&mut write).poll(&mut Context::from_waker(&waker)) {
+            Poll::Pending => Handed::InFlight(write),
+            Poll::Ready(done) => Handed::Done(done),
+        };
+        *self.handed.borrow_mut() = Some(handed);
+        self.wake_writer.set_pending();
     }
 
     /// Waits while more than the send-queue limit (control frames included) is pending, so
@@ -450,10 +551,24 @@ impl Conn {
 }
 
 /// The writer task: one write in flight at a time, control frames first, every queued frame
-/// coalesced into one `write_all`.
+/// coalesced into one `write_all`. A write the connection task started for it (see
+/// [`Conn::flush_corked`]) is finished first.
 pub(crate) async fn writer(conn: Rc<Conn>) {
-    let mut spare: Vec<u8> = Vec::new();
     loop {
+        // A write the connection task started comes first: it holds the oldest frames.
+        let handed = conn.handed.borrow_mut().take();
+        if let Some(handed) = handed {
+            let done = match handed {
+                Handed::InFlight(write) => write.await,
+                Handed::Done(done) => done,
+            };
+            let (res, buf) = write_rest(&conn, done).await;
+            keep_spare(&conn, buf);
+            if !finish_write(&conn, res) {
+                return;
+            }
+            continue;
+        }
         let shared = take_chunks(&conn);
         if !shared.is_empty() {
             let res = write_chunks(&conn, shared).await;
@@ -464,46 +579,73 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
         }
         let batch = {
             let mut ob = conn.outbox.borrow_mut();
-            let ob = &mut *ob;
-            if ob.control.is_empty() && ob.data.is_empty() {
-                if ob.close_queued || ob.failed {
+            match ob.take_batch() {
+                Some(batch) => Some(batch),
+                None if ob.close_queued || ob.failed => {
                     ob.writer_done = true;
-                    None
-                } else {
-                    Some(None)
+                    drop(ob);
+                    conn.progress.notify_waiters();
+                    return;
                 }
-            } else {
-                spare.clear();
-                if ob.control.is_empty() {
-                    std::mem::swap(&mut spare, &mut ob.data);
-                } else {
-                    std::mem::swap(&mut spare, &mut ob.control);
-                    spare.extend_from_slice(&ob.data);
-                    ob.data.clear();
-                }
-                ob.in_flight = spare.len();
-                Some(Some(std::mem::take(&mut spare)))
+                None => None,
             }
         };
-        let batch = match batch {
-            None => {
-                conn.progress.notify_waiters();
-                return;
-            }
-            Some(None) => {
-                conn.wake_writer.notified().await;
-                continue;
-            }
-            Some(Some(batch)) => batch,
+        let Some(batch) = batch else {
+            conn.wake_writer.notified().await;
+            continue;
         };
         let (res, buf) = conn.stream.write_all(batch).await;
-        spare = buf;
-        if spare.capacity() > KEEP_WRITE_CAPACITY {
-            conn.pool.put_large(std::mem::take(&mut spare));
-        }
+        keep_spare(&conn, buf);
         if !finish_write(&conn, res) {
             return;
         }
+    }
+}
+
+/// Runs the application's handler for the connection task. Frames the handler queues
+/// during one poll are announced to the writer once, when the poll ends (see
+/// [`Conn::flush_corked`]); frames queued from other tasks wake the writer at once.
+pub(crate) async fn corked<F: Future>(conn: &Conn, handler: F) -> F::Output {
+    /// Ends the handler's poll even when it unwinds.
+    struct InHandler<'a>(&'a Conn);
+    impl Drop for InHandler<'_> {
+        fn drop(&mut self) {
+            self.0.in_handler.set(false);
+            if std::thread::panicking() {
+                // The handler panicked and the connection goes with its task; no write.
+                return;
+            }
+            self.0.flush_corked();
+        }
+    }
+    let mut handler = std::pin::pin!(handler);
+    std::future::poll_fn(|cx| {
+        conn.in_handler.set(true);
+        let _poll = InHandler(conn);
+        handler.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// After a single write of `buf` that wrote `res` bytes, writes the rest, as `write_all`.
+async fn write_rest(conn: &Conn, (res, buf): BufResult<usize, Vec<u8>>) -> BufResult<(), Vec<u8>> {
+    match res {
+        Ok(0) if !buf.is_empty() => (Err(std::io::ErrorKind::WriteZero.into()), buf),
+        Ok(n) if n < buf.len() => {
+            let (res, rest) = conn.stream.write_all(buf.slice(n..)).await;
+            (res, rest.into_inner())
+        }
+        Ok(_) => (Ok(()), buf),
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Keeps a written batch buffer for the next batch, or gives a large one to the pool.
+fn keep_spare(conn: &Conn, buf: Vec<u8>) {
+    if buf.capacity() > KEEP_WRITE_CAPACITY {
+        conn.pool.put_large(buf);
+    } else {
+        conn.outbox.borrow_mut().spare = buf;
     }
 }
 
