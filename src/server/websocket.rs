@@ -248,7 +248,8 @@ pub(crate) struct Conn {
     send_limit: usize,
     pub(crate) timeouts: Timeouts,
     /// Receive state handed back when the receiver is dropped, for the closing handshake.
-    pub(crate) returned_rx: RefCell<Option<RxState>>,
+    /// (Boxed: every connection carries the slot, few ever fill it.)
+    pub(crate) returned_rx: RefCell<Option<Box<RxState>>>,
     /// Signalled when the receiver is dropped.
     rx_dropped: Notify,
     /// Set once, when the handshake completes.
@@ -562,16 +563,16 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
                 Handed::InFlight(write) => write.await,
                 Handed::Done(done) => done,
             };
-            let (res, buf) = write_rest(&conn, done).await;
-            keep_spare(&conn, buf);
-            if !finish_write(&conn, res) {
+            if !finish_batch(&conn, done).await {
                 return;
             }
             continue;
         }
         let shared = take_chunks(&conn);
         if !shared.is_empty() {
-            let res = write_chunks(&conn, shared).await;
+            // Boxed: only large shared payloads come this way, and the writer's future,
+            // which every idle connection holds, stays small.
+            let res = Box::pin(write_chunks(&conn, shared)).await;
             if !finish_write(&conn, res) {
                 return;
             }
@@ -594,12 +595,23 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
             conn.wake_writer.notified().await;
             continue;
         };
-        let (res, buf) = conn.stream.write_all(batch).await;
-        keep_spare(&conn, buf);
-        if !finish_write(&conn, res) {
+        let done = conn.stream.write(batch).submit().await;
+        if !finish_batch(&conn, done).await {
             return;
         }
     }
+}
+
+/// After one write of a batch: writes what it left (a partial write, rare), keeps the buffer
+/// and finishes the write as [`finish_write`] does.
+async fn finish_batch(conn: &Conn, done: BufResult<usize, Vec<u8>>) -> bool {
+    let (res, buf) = match done {
+        (Ok(n), buf) if n == buf.len() => (Ok(()), buf),
+        // Boxed: the writer's future, which every idle connection holds, stays small.
+        partial => Box::pin(write_rest(conn, partial)).await,
+    };
+    keep_spare(conn, buf);
+    finish_write(conn, res)
 }
 
 /// Runs the application's handler for the connection task. Frames the handler queues
@@ -1102,7 +1114,7 @@ impl Drop for Receiver {
                 finished: true,
             },
         );
-        *self.conn.returned_rx.borrow_mut() = Some(state);
+        *self.conn.returned_rx.borrow_mut() = Some(Box::new(state));
         self.conn.rx_dropped.notify_one();
     }
 }
