@@ -10,6 +10,8 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 
+use bytes::Bytes;
+
 use tokio_uring::buf::fixed::{FixedBuf, FixedBufPool};
 use tokio_uring::buf::{BoundedBuf, IoBuf};
 use tokio_uring::net::TcpStream;
@@ -122,6 +124,14 @@ impl BufferPool {
         true
     }
 
+    /// A copy of `bytes` in a kept large buffer (or a new one), which comes back through
+    /// [`BufferPool::put_large`] once written.
+    pub(crate) fn copy_to_large(&self, bytes: &[u8]) -> Bytes {
+        let mut buf = self.take_large(bytes.len()).unwrap_or_default();
+        buf.extend_from_slice(bytes);
+        Bytes::from(buf)
+    }
+
     /// Keeps a large buffer for reuse (emptied) within the pool's budget, making room by
     /// freeing smaller ones, or frees it.
     pub(crate) fn put_large(&self, mut buf: Vec<u8>) {
@@ -153,27 +163,23 @@ impl BufferPool {
         if let Some(fixed) = self.pool.as_ref().and_then(|p| p.try_next(self.size)) {
             return ReadBuf::Fixed(fixed);
         }
-        let out = self.heap_out.get() + 1;
-        self.heap_out.set(out);
-        self.peak.set(self.peak.get().max(out));
-        match self.spare.borrow_mut().pop() {
-            Some(buf) => ReadBuf::Heap(buf),
-            None => ReadBuf::heap(self.size),
-        }
+        self.heap(None)
     }
 
     /// A heap buffer of at least the read size (a kept large buffer first), for reads whose
     /// buffer may be handed out with the message it holds ([`BufferPool::detach`]).
     pub(crate) fn checkout_heap(&self) -> ReadBuf {
+        self.heap(self.take_large(self.size))
+    }
+
+    /// Counts a heap buffer out: `kept` if given, else a spare, else a new one.
+    fn heap(&self, kept: Option<Vec<u8>>) -> ReadBuf {
         let out = self.heap_out.get() + 1;
         self.heap_out.set(out);
         self.peak.set(self.peak.get().max(out));
-        match self.take_large(self.size) {
+        match kept.or_else(|| self.spare.borrow_mut().pop()) {
             Some(buf) => ReadBuf::Heap(buf),
-            None => match self.spare.borrow_mut().pop() {
-                Some(buf) => ReadBuf::Heap(buf),
-                None => ReadBuf::heap(self.size),
-            },
+            None => ReadBuf::heap(self.size),
         }
     }
 

@@ -1043,39 +1043,35 @@ impl Receiver {
         match self.state.next(&self.conn, true).await? {
             Got::End => Ok(None),
             Got::Data(base, ready) => {
-                if let Some(payload) = self.state.reader.take_assembled(ready) {
-                    let payload = Bytes::from(payload);
-                    return Ok(Some(match ready.opcode() {
-                        OpCode::Text => OwnedMessage::Text(payload),
-                        _ => OwnedMessage::Binary(payload),
-                    }));
-                }
-                let end = self.state.end;
                 let state = &mut self.state;
-                let message = state.reader.message(&state.buf.bytes()[base..end], ready);
-                if message.payload().len() < LARGE_MIN {
+                if let Some(payload) = state.reader.take_assembled(ready) {
+                    return Ok(Some(owned_data(ready, Bytes::from(payload))));
+                }
+                let end = state.end;
+                if ready.len() < LARGE_MIN {
                     state.heap_reads = false;
+                    let message = state.reader.message(&state.buf.bytes()[base..end], ready);
                     return Ok(Some(message.into_owned()));
                 }
                 // A large message leaves with its heap read buffer; from a registered one it
                 // is copied into a pooled buffer. Either comes back to the pool when
-                // `send_owned` has written it. Later reads go to heap buffers.
+                // `send_owned` has written it. Later reads go to heap buffers. (`advance`
+                // validated the payload: it is copied as bytes, not checked again.)
                 state.heap_reads = true;
-                let range = ready.in_buffer().map(|r| base + r.start..base + r.end);
-                let owned = match range.and_then(|r| state.take_read_buffer(r)) {
-                    Some(owned) => owned,
+                let payload = match ready.in_buffer() {
+                    Some(r) => {
+                        let range = base + r.start..base + r.end;
+                        match state.take_read_buffer(range.clone()) {
+                            Some(taken) => taken,
+                            None => state.pool.copy_to_large(&state.buf.bytes()[range]),
+                        }
+                    }
                     None => {
                         let message = state.reader.message(&state.buf.bytes()[base..end], ready);
-                        let payload = message.payload();
-                        let mut owned = state.pool.take_large(payload.len()).unwrap_or_default();
-                        owned.extend_from_slice(payload);
-                        Bytes::from(owned)
+                        state.pool.copy_to_large(message.payload())
                     }
                 };
-                Ok(Some(match ready.opcode() {
-                    OpCode::Text => OwnedMessage::Text(owned),
-                    _ => OwnedMessage::Binary(owned),
-                }))
+                Ok(Some(owned_data(ready, payload)))
             }
         }
     }
@@ -1116,6 +1112,14 @@ impl Drop for Receiver {
         );
         *self.conn.returned_rx.borrow_mut() = Some(Box::new(state));
         self.conn.rx_dropped.notify_one();
+    }
+}
+
+/// A data message's payload as the owned message of its kind.
+fn owned_data(ready: Ready, payload: Bytes) -> OwnedMessage {
+    match ready.opcode() {
+        OpCode::Text => OwnedMessage::Text(payload),
+        _ => OwnedMessage::Binary(payload),
     }
 }
 
