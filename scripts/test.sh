@@ -1,34 +1,84 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run calls it:
 #   1. unit, property, integration and doc tests (cargo test);
-#   2. Autobahn|Testsuite against the server (fuzzingclient) and the client (fuzzingserver);
-#   3. the hello-world client against the hello-world server, its output checked;
-#   4. the real-browser test in headless Chromium;
-#   5. the container image built from the Dockerfile and checked under podman.
-# Each step installs what it needs on a fresh Debian machine.
+#   2. the library alone: it builds without default features, and then needs neither clap nor
+#      tracing-subscriber (only the binary does);
+#   3. the release build of the binary and the examples;
+#   4. Autobahn|Testsuite against the server (fuzzingclient) and the client (fuzzingserver);
+#   5. the hello-world client against the hello-world server, its output checked;
+#   6. the real-browser test in headless Chromium;
+#   7. the container image built from the Dockerfile and checked under podman.
+# Each step installs what it needs on a fresh Debian machine. The first failure stops the run.
+# The last line is a summary of every step: ok, FAILED or not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+# Short names of the steps, in the order they run, for the summary line.
+STEPS=("cargo test" "library alone" "release build" "autobahn server" "autobahn client"
+    "hello" "browser" "container")
+DONE=()    # the steps that passed
+CURRENT="" # the step running now
 
-step "cargo test"
+step() { # NAME TITLE: starts a step
+    CURRENT=$1
+    printf '\n== %s\n' "$2"
+}
+passed() { # marks the current step as passed
+    DONE+=("$CURRENT")
+    CURRENT=""
+}
+summary() {
+    local rc=$? s d result line=""
+    for s in "${STEPS[@]}"; do
+        result="not run"
+        for d in "${DONE[@]}"; do
+            if [[ $d == "$s" ]]; then result=ok; fi
+        done
+        if [[ $s == "$CURRENT" ]]; then result=FAILED; fi
+        line+="${line:+, }$s $result"
+    done
+    printf '\nsummary: %s\n' "$line"
+    exit "$rc"
+}
+trap summary EXIT
+trap 'exit 130' INT TERM
+
+step "cargo test" "cargo test"
 cargo test --locked --all-targets
 cargo test --locked --doc
+passed
 
-step "release build"
+step "library alone" "library alone: builds without default features, needs neither clap nor tracing-subscriber"
+cargo build --locked --no-default-features --lib
+tree=$(cargo tree --locked --no-default-features --edges normal -p uringws --prefix none)
+cli_deps=$(awk '$1 == "clap" || $1 == "tracing-subscriber" { print $1 " " $2 }' <<<"$tree" | sort -u)
+if [[ -n $cli_deps ]]; then
+    printf 'library alone: without default features uringws still depends on:\n%s\n' "$cli_deps" >&2
+    exit 1
+fi
+printf 'no clap, no tracing-subscriber among the library'\''s dependencies\n'
+passed
+
+step "release build" "release build"
 cargo build --release --locked --bin uringws --examples
+passed
 
-step "Autobahn|Testsuite: server role"
+step "autobahn server" "Autobahn|Testsuite: server role"
 UWS_NO_BUILD=1 scripts/autobahn.sh
+passed
 
-step "Autobahn|Testsuite: client role"
+step "autobahn client" "Autobahn|Testsuite: client role"
 UWS_NO_BUILD=1 scripts/autobahn.sh --client
+passed
 
-step "hello client against hello server"
+step "hello" "hello client against hello server"
 scripts/hello.sh
+passed
 
-step "headless Chromium"
+step "browser" "headless Chromium"
 UWS_NO_BUILD=1 scripts/browser.sh
+passed
 
-step "container image (podman, with and without the io_uring seccomp profile)"
+step "container" "container image (podman, with and without the io_uring seccomp profile)"
 scripts/container.sh
+passed
