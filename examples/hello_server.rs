@@ -1,4 +1,5 @@
-//! Hello-world WebSocket server: echoes every message.
+//! Hello-world WebSocket server: echoes every message. Ctrl-C or SIGTERM closes every
+//! connection with 1001 (going away) and exits 0.
 //!
 //! ```sh
 //! cargo run --release --example hello_server            # listens on 127.0.0.1:9001
@@ -20,17 +21,12 @@ fn main() {
             Ok(())
         })
     });
-    match server {
-        Ok(server) => {
-            println!("hello_server listening on ws://{}", server.local_addr());
-            if let Err(e) = server.join() {
-                eprintln!("hello_server: {e}");
-                std::process::exit(1);
-            }
-        }
-        Err(e) => {
-            eprintln!("hello_server: {e}");
-            std::process::exit(1);
-        }
+    let result = server.and_then(|server| {
+        println!("hello_server listening on ws://{}", server.local_addr());
+        server.shutdown_on(uringws::shutdown_signal()) // graceful stop on SIGINT/SIGTERM
+    });
+    if let Err(e) = result {
+        eprintln!("hello_server: {e}");
+        std::process::exit(1);
     }
 }

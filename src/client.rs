@@ -214,10 +214,46 @@ impl Connector {
         self
     }
 
-    /// Read buffer size (default 64 KiB, minimum 256 bytes).
+    /// Read buffer size (default 64 KiB; 256 bytes to 1 GiB, checked by `connect`).
     pub fn read_buffer_size(mut self, n: usize) -> Self {
-        self.read_buffer_size = n.max(256);
+        self.read_buffer_size = n;
         self
+    }
+
+    /// Refuses settings that cannot work, naming the field (nothing is clamped silently).
+    fn validate(&self) -> Result<()> {
+        let bad = |field, value: String, allowed: &str| {
+            Err(Error::InvalidConfig {
+                field,
+                value,
+                allowed: allowed.to_owned(),
+            })
+        };
+        if !(256..=crate::Config::MAX_READ_BUFFER).contains(&self.read_buffer_size) {
+            return bad(
+                "read_buffer_size",
+                self.read_buffer_size.to_string(),
+                "it must be 256 to 1073741824 bytes",
+            );
+        }
+        if self.max_frame == 0 || self.max_message == 0 {
+            return bad(
+                "max_sizes",
+                format!("{} / {}", self.max_frame, self.max_message),
+                "frame and message limits must be at least 1 byte",
+            );
+        }
+        if self.send_queue_limit == 0 {
+            return bad("send_queue_limit", "0".into(), "it must be at least 1 byte");
+        }
+        if self.timeouts.handshake.is_zero() || self.timeouts.close.is_zero() {
+            return bad(
+                "timeouts",
+                format!("{:?} / {:?}", self.timeouts.handshake, self.timeouts.close),
+                "the handshake and close timeouts must be longer than zero",
+            );
+        }
+        Ok(())
     }
 
     /// Connects to `url` and completes the opening handshake. Must run inside a tokio-uring
@@ -225,8 +261,15 @@ impl Connector {
     /// connection fails or times out, [`Error::Handshake`] when the server refuses or answers
     /// wrongly.
     pub async fn connect(&self, url: &str) -> Result<WebSocket> {
+        self.validate()?;
         let url = Url::parse(url)?;
-        let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port).to_socket_addrs()?.collect();
+        let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
+            .to_socket_addrs()
+            .map_err(|source| Error::Address {
+                addr: url.authority(),
+                source,
+            })?
+            .collect();
         let mut last_err = None;
         let mut stream = None;
         for addr in addrs {

@@ -42,6 +42,25 @@ pub enum Error {
     /// The server configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A configuration value is outside its allowed range (see `Config::validate`); nothing
+    /// was started.
+    #[error("invalid configuration: {field} is {value}, but {allowed}")]
+    InvalidConfig {
+        /// The field of `Config` (or of the client's `Connector`), e.g. `read_buffer_size`.
+        field: &'static str,
+        /// The value it had.
+        value: String,
+        /// What it must be, e.g. "it must be 256 to 1073741824 bytes".
+        allowed: String,
+    },
+    /// An address could not be parsed or resolved (a listen address, or a URL's host).
+    #[error("cannot resolve the address {addr}: {source}")]
+    Address {
+        /// The address as given.
+        addr: String,
+        /// Why it failed (`invalid socket address`, a DNS failure, ...).
+        source: io::Error,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

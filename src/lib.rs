@@ -32,5 +32,6 @@ pub use error::{Error, Result, MIN_KERNEL};
 pub use proto::close::CloseCode;
 pub use proto::message::{Message, OwnedMessage};
 pub use server::{
-    Config, HttpResponse, Receiver, RunningServer, Sender, Server, ShutdownHandle, WebSocket,
+    shutdown_signal, Config, ConnectionInfo, HttpResponse, Receiver, Request, RunningServer,
+    Sender, Server, ShutdownHandle, UpgradeRequest, WebSocket,
 };

@@ -79,11 +79,12 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
-/// Runs the load generator and prints its report. Fails when the arguments are invalid, when
-/// io_uring is unavailable, or when the run counted errors (the report is printed first).
-pub fn run(args: LoadArgs) -> uringws::Result<()> {
-    let target = parse_url(&args.url).map_err(Error::Config)?;
+/// Runs the load generator and prints its report. Fails, with a message naming the value and
+/// the cause, when the arguments are invalid or the host does not resolve, when io_uring is
+/// unavailable, or when the run counted errors (the report and each cause are printed first).
+pub fn run(args: LoadArgs) -> Result<(), String> {
     check_args(&args)?;
+    let target = parse_url(&args.url)?;
     let threads = args.threads.min(args.connections);
     let start = Instant::now();
     let measure_start = start + Duration::from_secs_f64(args.warmup);
@@ -102,7 +103,8 @@ pub fn run(args: LoadArgs) -> uringws::Result<()> {
         let (plan, shared) = (plan.clone(), shared.clone());
         let handle = std::thread::Builder::new()
             .name(format!("uringws-load-{i}"))
-            .spawn(move || thread_main(plan, shared, conns))?;
+            .spawn(move || thread_main(plan, shared, conns))
+            .map_err(|e| format!("cannot start a load thread: {e}"))?;
         handles.push(handle);
     }
     if args.warmup + args.duration > 3.0 {
@@ -120,7 +122,7 @@ pub fn run(args: LoadArgs) -> uringws::Result<()> {
     }
     if let Some(e) = failure {
         if total.connected == 0 {
-            return Err(e);
+            return Err(e.to_string());
         }
         eprintln!("uringws load: {e}");
         total.error("a load thread could not start".into());
@@ -128,33 +130,41 @@ pub fn run(args: LoadArgs) -> uringws::Result<()> {
     report(&args, threads, &plan, &total);
     let errors = total.errors();
     if errors > 0 {
-        return Err(Error::Io(std::io::Error::other(format!(
-            "the load run counted {errors} error(s)"
-        ))));
+        return Err(format!(
+            "the load run failed: {errors} error(s) (causes above), {} of {} connection(s) \
+             opened, against {}",
+            total.connected, args.connections, args.url
+        ));
     }
     Ok(())
 }
 
 /// Refuses arguments that cannot make a run.
-fn check_args(args: &LoadArgs) -> uringws::Result<()> {
-    let bad = |why: &str| Err(Error::Config(why.into()));
+fn check_args(args: &LoadArgs) -> Result<(), String> {
+    let bad = |flag: &str, value: &dyn std::fmt::Display, why: &str| {
+        Err(format!("invalid {flag} {value}: {why}"))
+    };
     if args.connections == 0 {
-        return bad("--connections must be at least 1");
+        return bad("--connections", &0, "it must be at least 1");
     }
     if args.threads == 0 {
-        return bad("--threads must be at least 1");
+        return bad("--threads", &0, "it must be at least 1");
     }
     if args.pipeline == 0 {
-        return bad("--pipeline must be at least 1");
+        return bad("--pipeline", &0, "it must be at least 1");
     }
     if args.size > MAX_SIZE {
-        return bad("--size must be at most 64 MiB");
+        return bad("--size", &args.size, "it must be at most 64 MiB (67108864)");
     }
     if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 1e6) {
-        return bad("--duration must be a positive number of seconds");
+        return bad(
+            "--duration",
+            &args.duration,
+            "it must be more than 0 and at most 1000000 seconds",
+        );
     }
     if !(args.warmup.is_finite() && (0.0..=1e6).contains(&args.warmup)) {
-        return bad("--warmup must be zero or a positive number of seconds");
+        return bad("--warmup", &args.warmup, "it must be 0 to 1000000 seconds");
     }
     Ok(())
 }

@@ -56,28 +56,76 @@ struct EchoArgs {
     #[arg(long, default_value_t = 1 << 20)]
     send_queue: usize,
     /// Handshake timeout in seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     handshake_timeout: f64,
     /// Idle timeout in seconds (0 disables it).
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, default_value_t = 300.0, value_parser = seconds)]
     idle_timeout: f64,
     /// Keep-alive ping interval in seconds (0 disables pings).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = seconds)]
     ping_interval: f64,
     /// Close timeout in seconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
     close_timeout: f64,
+    /// Set SO_REUSEPORT, so that a new server started with it can take over the port while
+    /// this one drains (both must set it). Without it a second server on the port fails.
+    #[arg(long)]
+    reuse_port: bool,
     /// Shutdown grace period in seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     shutdown_grace: f64,
 }
 
+/// Parses a number of seconds: finite, zero or more, at most a year.
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && (0.0..=365.0 * 86400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: must be 0 to 31536000 seconds"))
+    }
+}
+
 fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s.max(0.0))
+    Duration::from_secs_f64(s)
 }
 
 fn nonzero(s: f64) -> Option<Duration> {
     (s > 0.0).then(|| secs(s))
+}
+
+/// The `uringws echo` flag of each `Config` field, to name it in errors.
+const FLAGS: &[(&str, &str)] = &[
+    ("threads", "--threads"),
+    ("max_connections", "--max-connections"),
+    ("read_buffer_size", "--read-buffer"),
+    ("registered_buffers", "--registered-buffers"),
+    ("max_frame_size", "--max-frame"),
+    ("max_message_size", "--max-message"),
+    ("max_handshake_size", "--max-handshake"),
+    ("handshake_timeout", "--handshake-timeout"),
+    ("close_timeout", "--close-timeout"),
+    ("send_queue_limit", "--send-queue"),
+];
+
+/// An error of `uringws echo`, with a configuration error named by its flag.
+fn echo_error(e: uringws::Error) -> String {
+    match e {
+        uringws::Error::InvalidConfig {
+            field,
+            value,
+            allowed,
+        } => {
+            let flag = FLAGS
+                .iter()
+                .find(|(f, _)| *f == field)
+                .map_or(field, |f| f.1);
+            format!("invalid {flag} {value}: {allowed}")
+        }
+        e => e.to_string(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -91,7 +139,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Echo(args) => echo(args),
+        Command::Echo(args) => echo(args).map_err(echo_error),
         Command::Load(args) => load::run(args),
     };
     match result {
@@ -116,6 +164,7 @@ fn echo(args: EchoArgs) -> uringws::Result<()> {
         .close_timeout(secs(args.close_timeout))
         .shutdown_grace(secs(args.shutdown_grace))
         .registered_buffers(args.registered_buffers)
+        .reuse_port(args.reuse_port)
         .http(|req| match req.path {
             "/healthz" => HttpResponse::text(200, "ok\n"),
             _ => HttpResponse::upgrade_required(),
@@ -133,21 +182,8 @@ fn echo(args: EchoArgs) -> uringws::Result<()> {
         Ok(())
     })?;
     eprintln!("uringws echo listening on {}", running.local_addr());
-    let handle = running.shutdown_handle();
-    let signals = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    signals.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        Ok::<(), std::io::Error>(())
-    })?;
-    eprintln!("uringws: shutting down");
-    handle.shutdown();
-    running.join()
+    running.shutdown_on(async {
+        uringws::shutdown_signal().await;
+        eprintln!("uringws: shutting down");
+    })
 }

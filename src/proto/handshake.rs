@@ -328,11 +328,16 @@ pub fn write_response(
     out.extend_from_slice(body);
 }
 
+/// Whether `s` is a non-empty HTTP token (RFC 9110 section 5.6.2), as header names and
+/// subprotocol names must be.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_tchar)
+}
+
 /// Checks that each header name is a token and each value is free of control characters.
 pub fn check_headers(headers: &[(&str, &str)]) -> Result<(), InvalidHeader> {
     for (name, value) in headers {
-        let ok = !name.is_empty()
-            && name.bytes().all(is_tchar)
+        let ok = is_token(name)
             && value
                 .bytes()
                 .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));

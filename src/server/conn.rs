@@ -109,6 +109,10 @@ async fn handshake(
             Ok(Handshake::WebSocket(upgrade)) => match accept(ctx, &upgrade, &mut out) {
                 Ok(protocol) => {
                     let info = connection_info(&upgrade, protocol, peer);
+                    // Open from here on: a shutdown that comes while the 101 is being written
+                    // queues a close frame, which the writer sends after it, instead of
+                    // cutting off a connection whose client may already have read the 101.
+                    conn.set_phase(Phase::Open);
                     let (res, _) = conn.stream.write_all(out).await;
                     if res.is_err() {
                         finish_plain(conn).await;
@@ -199,7 +203,7 @@ async fn finish_plain(conn: &Conn) {
 
 /// Runs the handler on an open WebSocket, then completes the closing handshake.
 async fn run(ctx: &ThreadCtx, conn: Rc<Conn>, state: RxState) {
-    conn.set_phase(Phase::Open);
+    // The phase is already `Open` (or `Closing`, when a shutdown came during the 101).
     let writer_task = tokio_uring::spawn(writer(conn.clone()));
     let ws = WebSocket::new(conn.clone(), state);
     let result = corked(&conn, (ctx.handler)(ws)).await;

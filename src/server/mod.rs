@@ -1,6 +1,6 @@
 //! The io_uring transport, built on tokio-uring: the [`Server`] builder and its [`Config`],
-//! one thread per core each with its own ring, `SO_REUSEPORT` listener and registered read
-//! buffers, and graceful shutdown.
+//! one thread per core each with its own ring and registered read buffers, all accepting from
+//! one listening socket, and graceful shutdown (on a [`ShutdownHandle`] or a signal).
 //!
 //! ```no_run
 //! uringws::Server::bind("127.0.0.1:9001")?
@@ -19,6 +19,7 @@ pub(crate) mod buffers;
 mod conn;
 pub(crate) mod websocket;
 
+pub use crate::proto::handshake::{Header, Request, UpgradeRequest};
 pub use websocket::{ConnectionInfo, Receiver, Sender, WebSocket};
 
 use std::cell::{Cell, RefCell};
@@ -36,7 +37,6 @@ use tokio_uring::net::TcpListener;
 
 use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
-use crate::proto::handshake::{Request, UpgradeRequest};
 use crate::proto::message::{DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
 
 use buffers::BufferPool;
@@ -91,6 +91,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Accept operations kept in flight per thread. Default: 4.
     pub accepts_in_flight: usize,
+    /// Sets `SO_REUSEPORT` on the listening socket, so that another process that also sets it
+    /// (a new version of this server, for a hand-over) can listen on the same port while this
+    /// one drains. Default: off, so that starting a second server on a port in use fails with
+    /// "address in use" instead of silently sharing the traffic. (The threads of one server
+    /// share one socket either way.)
+    pub reuse_port: bool,
 }
 
 impl Config {
@@ -123,7 +129,136 @@ impl Default for Config {
             response_headers: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             accepts_in_flight: 4,
+            reuse_port: false,
         }
+    }
+}
+
+/// Refuses `value` of `field` unless `ok`, saying what `allowed` is.
+fn check(
+    ok: bool,
+    field: &'static str,
+    value: impl std::fmt::Display,
+    allowed: &str,
+) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig {
+            field,
+            value: value.to_string(),
+            allowed: allowed.to_owned(),
+        })
+    }
+}
+
+/// Refuses a duration of zero, which would fire at once.
+fn check_positive(t: Option<Duration>, field: &'static str, disable: &str) -> Result<()> {
+    match t {
+        Some(t) => check(
+            !t.is_zero(),
+            field,
+            format_args!("{t:?}"),
+            &format!("it must be longer than zero{disable}"),
+        ),
+        None => Ok(()),
+    }
+}
+
+impl Config {
+    /// The largest read buffer (1 GiB).
+    pub const MAX_READ_BUFFER: usize = 1 << 30;
+    /// The most buffers one ring can register.
+    pub const MAX_REGISTERED_BUFFERS: usize = 1024;
+
+    /// Checks every field against its allowed range; [`Server::start`] calls it and starts
+    /// nothing when it fails. Nothing is clamped silently: an [`Error::InvalidConfig`] names
+    /// the field, its value and what it must be.
+    pub fn validate(&self) -> Result<()> {
+        check(
+            (1..=1024).contains(&self.threads),
+            "threads",
+            self.threads,
+            "it must be 1 to 1024",
+        )?;
+        check(
+            self.max_connections >= 1,
+            "max_connections",
+            self.max_connections,
+            "it must be at least 1 (with 0 every client would get 503)",
+        )?;
+        check(
+            (256..=Self::MAX_READ_BUFFER).contains(&self.read_buffer_size),
+            "read_buffer_size",
+            self.read_buffer_size,
+            &format!("it must be 256 to {} bytes", Self::MAX_READ_BUFFER),
+        )?;
+        check(
+            self.registered_buffers <= Self::MAX_REGISTERED_BUFFERS,
+            "registered_buffers",
+            self.registered_buffers,
+            "it must be 0 to 1024 (the most one io_uring can register)",
+        )?;
+        check(
+            self.max_frame_size >= 1,
+            "max_frame_size",
+            self.max_frame_size,
+            "it must be at least 1 byte",
+        )?;
+        check(
+            self.max_message_size >= 1,
+            "max_message_size",
+            self.max_message_size,
+            "it must be at least 1 byte",
+        )?;
+        check(
+            (256..=self.read_buffer_size).contains(&self.max_handshake_size),
+            "max_handshake_size",
+            self.max_handshake_size,
+            &format!(
+                "it must be 256 bytes to read_buffer_size ({} bytes): a request head is read \
+                 into the read buffer",
+                self.read_buffer_size
+            ),
+        )?;
+        check_positive(Some(self.handshake_timeout), "handshake_timeout", "")?;
+        check_positive(Some(self.close_timeout), "close_timeout", "")?;
+        check_positive(self.idle_timeout, "idle_timeout", " (None disables it)")?;
+        check_positive(
+            self.ping_interval,
+            "ping_interval",
+            " (None disables pings)",
+        )?;
+        check(
+            self.send_queue_limit >= 1,
+            "send_queue_limit",
+            self.send_queue_limit,
+            "it must be at least 1 byte",
+        )?;
+        check(
+            (1..=256).contains(&self.accepts_in_flight),
+            "accepts_in_flight",
+            self.accepts_in_flight,
+            "it must be 1 to 256",
+        )?;
+        for p in &self.subprotocols {
+            check(
+                crate::proto::handshake::is_token(p),
+                "subprotocols",
+                format_args!("{p:?}"),
+                "each must be a non-empty HTTP token (RFC 6455 section 4.1)",
+            )?;
+        }
+        for (name, value) in &self.response_headers {
+            let pair = [(name.as_str(), value.as_str())];
+            check(
+                crate::proto::handshake::check_headers(&pair).is_ok(),
+                "response_headers",
+                format_args!("{name:?}: {value:?}"),
+                "names must be HTTP tokens and values free of control characters",
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -194,13 +329,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server for `addr` with the default [`Config`]. The address is resolved here; the
-    /// listeners are bound by [`Server::start`] (port 0 picks a free port).
-    pub fn bind(addr: impl ToSocketAddrs) -> Result<Server> {
+    /// A server for `addr` with the default [`Config`]. The address is resolved here (an
+    /// [`Error::Address`] names it when that fails); the listening socket is bound by
+    /// [`Server::start`] (port 0 picks a free port).
+    pub fn bind<A: ToSocketAddrs + std::fmt::Debug>(addr: A) -> Result<Server> {
+        let address = |source| Error::Address {
+            addr: format!("{addr:?}"),
+            source,
+        };
         let addr = addr
-            .to_socket_addrs()?
+            .to_socket_addrs()
+            .map_err(address)?
             .next()
-            .ok_or_else(|| Error::Config("the address resolved to nothing".into()))?;
+            .ok_or_else(|| {
+                address(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "it resolved to no address",
+                ))
+            })?;
         Ok(Server {
             addr,
             config: Config::default(),
@@ -288,6 +434,12 @@ impl Server {
         self
     }
 
+    /// Sets `SO_REUSEPORT` on the listening socket (default off); see [`Config::reuse_port`].
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.config.reuse_port = on;
+        self
+    }
+
     /// Sets the shutdown grace period (default 10 s).
     pub fn shutdown_grace(mut self, t: Duration) -> Self {
         self.config.shutdown_grace = t;
@@ -314,13 +466,47 @@ impl Server {
         self
     }
 
-    /// Starts the server and blocks until it shuts down (see [`RunningServer::join`]).
+    /// Starts the server and blocks until it shuts down (see [`RunningServer::join`]). Nothing
+    /// here reacts to signals: see [`Server::serve_with_shutdown`].
     pub fn serve<H, F>(self, handler: H) -> Result<()>
     where
         H: Fn(WebSocket) -> F + Clone + Send + 'static,
         F: Future<Output = Result<()>> + 'static,
     {
         self.start(handler)?.join()
+    }
+
+    /// Starts the server, runs until `signal` completes (or a [`ShutdownHandle`] stops it),
+    /// then shuts down gracefully: stops accepting, closes every WebSocket with 1001 (going
+    /// away), waits up to the grace period, and returns `Ok(())` once every thread has ended.
+    ///
+    /// With [`shutdown_signal`] this is the one line that makes SIGINT (Ctrl-C) and SIGTERM
+    /// (`kill`, `docker stop`) close connections cleanly:
+    ///
+    /// ```no_run
+    /// uringws::Server::bind("127.0.0.1:9001")?.serve_with_shutdown(
+    ///     |ws: uringws::WebSocket| async move {
+    ///         let (mut rx, tx) = ws.split();
+    ///         while let Some(msg) = rx.recv().await? {
+    ///             tx.send(msg).await?;
+    ///         }
+    ///         Ok(())
+    ///     },
+    ///     uringws::shutdown_signal(),
+    /// )?;
+    /// # Ok::<(), uringws::Error>(())
+    /// ```
+    ///
+    /// `signal` runs on the calling thread in a tokio current-thread runtime (any future
+    /// works: a timer, a channel, a signal). To learn the bound address first (port 0), use
+    /// [`Server::start`] and then [`RunningServer::shutdown_on`].
+    pub fn serve_with_shutdown<H, F, S>(self, handler: H, signal: S) -> Result<()>
+    where
+        H: Fn(WebSocket) -> F + Clone + Send + 'static,
+        F: Future<Output = Result<()>> + 'static,
+        S: Future<Output = ()>,
+    {
+        self.start(handler)?.shutdown_on(signal)
     }
 
     /// Starts the server threads and returns once every listener is bound.
@@ -332,27 +518,21 @@ impl Server {
         H: Fn(WebSocket) -> F + Clone + Send + 'static,
         F: Future<Output = Result<()>> + 'static,
     {
+        self.config.validate()?;
         crate::error::check_kernel()?;
-        let mut config = self.config;
-        if config.threads == 0 {
-            return Err(Error::Config("threads must be at least 1".into()));
-        }
-        config.read_buffer_size = config.read_buffer_size.max(256);
-        config.registered_buffers = config.registered_buffers.min(1024);
-        config.max_handshake_size = config.max_handshake_size.min(config.read_buffer_size);
-        config.accepts_in_flight = config.accepts_in_flight.max(1);
-        let config = Arc::new(config);
+        let config = Arc::new(self.config);
+        let listener = listen(self.addr, config.reuse_port)?;
+        let addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             open: AtomicUsize::new(0),
             stop: stop_tx,
         });
         let mut threads = Vec::new();
-        let mut addr = self.addr;
         for i in 0..config.threads {
             let (ready_tx, ready_rx) = mpsc::channel();
             let setup = ThreadSetup {
-                addr,
+                listener: listener.try_clone()?,
                 config: config.clone(),
                 shared: shared.clone(),
                 stop: stop_rx.clone(),
@@ -365,7 +545,7 @@ impl Server {
                 .spawn(move || run_thread(setup, handler, ready_tx))?;
             threads.push(thread);
             match ready_rx.recv() {
-                Ok(Ok(bound)) => addr = bound,
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     let _ = shared.stop.send(true);
                     for t in threads {
@@ -432,6 +612,52 @@ impl RunningServer {
         self.shutdown_handle().shutdown();
         self.join()
     }
+
+    /// Blocks until `signal` completes (or a [`ShutdownHandle`] stops the server), then shuts
+    /// down gracefully and waits for every thread; see [`Server::serve_with_shutdown`]. The
+    /// signal future runs on the calling thread in a tokio current-thread runtime.
+    pub fn shutdown_on<S: Future<Output = ()>>(self, signal: S) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = self.shutdown_handle();
+        let mut stopped = self.shared.stop.subscribe();
+        rt.block_on(async {
+            tokio::select! {
+                _ = signal => {
+                    tracing::info!("shutdown requested: closing every connection with 1001");
+                    handle.shutdown();
+                }
+                // Stopped some other way (a ShutdownHandle).
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
+        });
+        drop(rt);
+        self.join()
+    }
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM (`kill`, `docker stop`), for
+/// [`Server::serve_with_shutdown`]. The handlers are installed when it is first polled and
+/// stay installed for the life of the process (a later SIGINT or SIGTERM no longer ends it
+/// by default). If they cannot be installed it logs why and never completes.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot install SIGINT/SIGTERM handlers");
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Shuts a server down: stop accepting, close every connection with 1001, wait up to the
@@ -449,7 +675,8 @@ impl ShutdownHandle {
 }
 
 struct ThreadSetup {
-    addr: SocketAddr,
+    /// This thread's descriptor of the server's one listening socket.
+    listener: std::net::TcpListener,
     config: Arc<Config>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
@@ -509,7 +736,38 @@ pub fn runtime() -> std::io::Result<tokio_uring::Runtime> {
     }
 }
 
-fn run_thread<H, F>(setup: ThreadSetup, handler: H, ready: mpsc::Sender<Result<SocketAddr>>)
+/// Opens the server's one listening socket: `SO_REUSEADDR` (a restart need not wait for
+/// TIME_WAIT connections to expire), `SO_REUSEPORT` only when asked for, a backlog of 1024.
+/// Blocking, as tokio-uring's accept needs. Every thread accepts from a descriptor of it.
+fn listen(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let open = || -> std::io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket)
+    };
+    match open() {
+        Ok(socket) => Ok(socket.into()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::Io(std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot listen on {addr}: the address is already in use (another server \
+                     listens there; for a hand-over both must set reuse_port)"
+            ),
+        ))),
+        Err(e) => Err(Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr}: {e}"),
+        ))),
+    }
+}
+
+fn run_thread<H, F>(setup: ThreadSetup, handler: H, ready: mpsc::Sender<Result<()>>)
 where
     H: Fn(WebSocket) -> F + Clone + Send + 'static,
     F: Future<Output = Result<()>> + 'static,
@@ -522,17 +780,15 @@ where
         }
     };
     rt.block_on(async move {
-        let listener = match TcpListener::bind(setup.addr) {
+        // A second descriptor of the socket, to shut it down when stopping.
+        let stopper = match setup.listener.try_clone() {
             Ok(l) => l,
             Err(e) => {
-                let _ = ready.send(Err(Error::Io(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot listen on {}: {e}", setup.addr),
-                ))));
+                let _ = ready.send(Err(Error::Io(e)));
                 return;
             }
         };
-        let bound = listener.local_addr().unwrap_or(setup.addr);
+        let listener = TcpListener::from_std(setup.listener);
         let ctx = Rc::new(ThreadCtx {
             buffers: Rc::new(BufferPool::new(
                 setup.config.registered_buffers,
@@ -547,8 +803,8 @@ where
             next_id: Cell::new(0),
             stopping: Cell::new(false),
         });
-        let _ = ready.send(Ok(bound));
-        tracing::info!(addr = %bound, "listening");
+        let _ = ready.send(Ok(()));
+        tracing::info!(addr = ?stopper.local_addr(), "listening");
         let listener = Rc::new(listener);
         for _ in 0..ctx.config.accepts_in_flight {
             tokio_uring::spawn(accept_loop(ctx.clone(), listener.clone()));
@@ -559,7 +815,7 @@ where
                 break;
             }
         }
-        graceful_stop(&ctx, &listener).await;
+        graceful_stop(&ctx, &stopper).await;
     });
 }
 
@@ -601,15 +857,15 @@ async fn accept_loop(ctx: Rc<ThreadCtx>, listener: Rc<TcpListener>) {
 }
 
 /// Stops accepting, closes every connection with 1001, and waits up to the grace period.
-async fn graceful_stop(ctx: &ThreadCtx, listener: &TcpListener) {
+async fn graceful_stop(ctx: &ThreadCtx, listener: &std::net::TcpListener) {
     ctx.stopping.set(true);
-    // Wake the pending accepts: shutting a listening socket down makes accept fail.
-    // SAFETY: plain syscall on a descriptor the listener owns for the whole call.
-    unsafe {
-        libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(listener), libc::SHUT_RDWR);
-    }
+    // Wake the pending accepts: shutting a listening socket down makes accept fail, and new
+    // connection attempts are refused from here on (not accepted and then reset).
+    let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Both);
     let conns: Vec<Rc<Conn>> = ctx.conns.borrow().values().cloned().collect();
     for conn in &conns {
+        // A connection whose 101 is being written is already `Open` (see `conn::handshake`),
+        // so it gets its close frame after the 101.
         match conn.phase.get() {
             Phase::Open => {
                 let _ = conn.queue_close(Some(CloseCode::GOING_AWAY), "server shutting down");

@@ -6,6 +6,7 @@
 //! when the handler next waits (typically for the next read), so every reply produced from one
 //! read goes out in one write. Control frames jump the queue.
 
+use std::any::Any;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::future::Future;
 use std::net::Shutdown;
@@ -258,6 +259,8 @@ pub(crate) struct Conn {
     mask: Option<RefCell<MaskFn>>,
     /// The thread's buffers: large write buffers are recycled through it.
     pool: Rc<BufferPool>,
+    /// The application's per-connection data (see [`Sender::set_data`]).
+    data: RefCell<Option<Rc<dyn Any>>>,
 }
 
 impl Conn {
@@ -288,6 +291,7 @@ impl Conn {
             info: OnceCell::new(),
             mask: mask.map(RefCell::new),
             pool,
+            data: RefCell::new(None),
         })
     }
 
@@ -534,6 +538,32 @@ impl Conn {
         }
     }
 
+    /// Bytes queued or being written: encoded frames, headers included.
+    fn buffered(&self) -> usize {
+        let ob = self.outbox.borrow();
+        ob.data.len() + ob.chunks_len + ob.control.len() + ob.in_flight
+    }
+
+    /// Waits until everything queued has been written to the socket.
+    async fn flush(&self) -> Result<()> {
+        loop {
+            if self.outbox.borrow().failed {
+                return Err(Error::ConnectionLost);
+            }
+            if self.buffered() == 0 {
+                return Ok(());
+            }
+            // As in `wait_to_queue`: nothing runs between the check and the first poll.
+            self.progress.notified().await;
+        }
+    }
+
+    /// The application's data of type `T`, if it set some.
+    fn data<T: 'static>(&self) -> Option<Rc<T>> {
+        let data = self.data.borrow().clone()?;
+        data.downcast().ok()
+    }
+
     /// Waits until the writer has stopped (after writing a close frame, or on an error).
     pub(crate) async fn writer_finished(&self) {
         while !self.outbox.borrow().writer_done {
@@ -757,10 +787,33 @@ pub(crate) struct RxState {
     pub(crate) peer_close: Option<(CloseCode, String)>,
     /// The receive side ended (close received, protocol error, or EOF).
     pub(crate) finished: bool,
+    /// A read in flight. It lives here, not in the `recv` future, so that a `recv` dropped
+    /// mid-read (a `select!` branch that lost) loses no bytes: the next call resumes it.
+    pending: Option<Pending>,
+}
+
+/// A read in flight with the buffer it reads into (which the read owns until it completes).
+struct Pending {
+    read: Pin<Box<dyn Future<Output = Filled>>>,
+    /// It reads into a heap buffer checked out of the pool.
+    heap: bool,
+}
+
+/// A completed read: the result, the buffer, and how many bytes it could have read.
+enum Filled {
+    /// Into the read buffer.
+    Buf(std::io::Result<usize>, ReadBuf, usize),
+    /// Into the reader's reassembly buffer (a large frame's payload).
+    Direct(std::io::Result<usize>, Vec<u8>, usize),
 }
 
 impl Drop for RxState {
     fn drop(&mut self) {
+        // A read still in flight keeps its buffer until its completion (the runtime holds it);
+        // a heap one then no longer counts as out of the pool.
+        if self.pending.take().is_some_and(|p| p.heap) {
+            self.pool.detach();
+        }
         self.pool
             .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
         self.release_large();
@@ -794,6 +847,7 @@ impl RxState {
             pool,
             peer_close: None,
             finished: false,
+            pending: None,
         }
     }
 
@@ -805,7 +859,40 @@ impl RxState {
     /// runtime's own driver; the buffer is checked out again when data is there. The read
     /// that follows completes at once, which also spares io_uring a failed first attempt and
     /// a poll arm: measured 5-7% less server CPU per message than reading blind.
-    async fn fill(&mut self, conn: &Conn) -> bool {
+    ///
+    /// The read itself is kept in `pending` until it completes (see [`RxState::pending`]);
+    /// a call that finds one resumes it.
+    async fn fill(&mut self, conn: &Rc<Conn>) -> bool {
+        if self.pending.is_none() && !self.start_read(conn).await {
+            return false;
+        }
+        let Some(pending) = self.pending.as_mut() else {
+            return false;
+        };
+        let filled = pending.read.as_mut().await;
+        self.pending = None;
+        match filled {
+            Filled::Buf(res, buf, room) => {
+                self.buf = buf;
+                match self.note_read(conn, res, room) {
+                    Some(n) => {
+                        self.end += n;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Filled::Direct(res, payload, room) => {
+                // A protocol error in these bytes is sticky: the next `advance` reports it.
+                let _ = self.reader.direct_done(payload);
+                self.note_read(conn, res, room).is_some()
+            }
+        }
+    }
+
+    /// Makes room and starts the next read into `pending`. Returns false when the buffer
+    /// has no room (which the reader never lets happen).
+    async fn start_read(&mut self, conn: &Rc<Conn>) -> bool {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -819,7 +906,8 @@ impl RxState {
             if let Some(direct) = self.reader.take_direct(DIRECT_READ_MIN) {
                 self.pool
                     .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
-                return self.read_direct(conn, direct).await;
+                self.start_direct(conn, direct);
+                return true;
             }
         } else if self.start > 0 {
             let (start, end) = (self.start, self.end);
@@ -840,14 +928,18 @@ impl RxState {
             // unless the buffer is smaller than a control frame.
             return false;
         }
-        let res = self.buf.read_at(&conn.stream, self.end).await;
-        match self.note_read(conn, res, space) {
-            Some(n) => {
-                self.end += n;
-                true
-            }
-            None => false,
-        }
+        let mut buf = std::mem::replace(&mut self.buf, ReadBuf::Taken);
+        let heap = matches!(buf, ReadBuf::Heap(_));
+        let (conn, at) = (conn.clone(), self.end);
+        let read = async move {
+            let res = buf.read_at(&conn.stream, at).await;
+            Filled::Buf(res, buf, space)
+        };
+        self.pending = Some(Pending {
+            read: Box::pin(read),
+            heap,
+        });
+        true
     }
 
     /// Records a read of at most `room` bytes: the bytes read, or `None` at EOF or on an error.
@@ -909,9 +1001,9 @@ impl RxState {
         }
     }
 
-    /// Reads the next bytes of a large frame's payload straight into the reader's reassembly
-    /// buffer (at most `room`, never past the frame). Returns false at EOF or on a read error.
-    async fn read_direct(&mut self, conn: &Conn, direct: Direct) -> bool {
+    /// Starts reading the next bytes of a large frame's payload straight into the reader's
+    /// reassembly buffer (at most `room`, never past the frame).
+    fn start_direct(&mut self, conn: &Rc<Conn>, direct: Direct) {
         let Direct {
             buf: mut payload,
             mut room,
@@ -926,18 +1018,33 @@ impl RxState {
                 room = whole - len;
             }
         }
-        let (res, slice) = conn.stream.read(payload.slice(len..len + room)).await;
-        // A protocol error in these bytes is sticky: the next `advance` reports it.
-        let _ = self.reader.direct_done(slice.into_inner());
-        self.note_read(conn, res, room).is_some()
+        let conn = conn.clone();
+        let read = async move {
+            let (res, slice) = conn.stream.read(payload.slice(len..len + room)).await;
+            Filled::Direct(res, slice.into_inner(), room)
+        };
+        self.pending = Some(Pending {
+            read: Box::pin(read),
+            heap: false,
+        });
     }
 
     /// Runs the receive loop until a data message is ready or the stream ends, answering
     /// pings, recording pongs and handling the close handshake and protocol errors.
-    async fn next(&mut self, conn: &Conn, deliver: bool) -> Result<Got> {
+    ///
+    /// Cancellation safe: dropped at any await, it leaves the state consistent, and a read it
+    /// started stays in `pending` for the next call.
+    async fn next(&mut self, conn: &Rc<Conn>, deliver: bool) -> Result<Got> {
         loop {
             if self.finished {
                 return Ok(Got::End);
+            }
+            if self.pending.is_some() {
+                // A call dropped mid-read left it: its bytes come first.
+                if !self.fill(conn).await {
+                    return self.read_ended(conn);
+                }
+                continue;
             }
             let base = self.start;
             let end = self.end;
@@ -954,13 +1061,7 @@ impl RxState {
             let Some(ready) = advance.ready else {
                 conn.wait_for_room().await;
                 if !self.fill(conn).await {
-                    self.finished = true;
-                    if conn.close_queued() {
-                        // We closed first and the peer hung up: that ends the handshake.
-                        return Ok(Got::End);
-                    }
-                    conn.stop_writer();
-                    return Err(Error::ConnectionLost);
+                    return self.read_ended(conn);
                 }
                 continue;
             };
@@ -995,8 +1096,19 @@ impl RxState {
         }
     }
 
+    /// The stream ended (EOF or a read error).
+    fn read_ended(&mut self, conn: &Conn) -> Result<Got> {
+        self.finished = true;
+        if conn.close_queued() {
+            // We closed first and the peer hung up: that ends the handshake.
+            return Ok(Got::End);
+        }
+        conn.stop_writer();
+        Err(Error::ConnectionLost)
+    }
+
     /// Reads and discards messages until the peer's close frame or the end of the stream.
-    pub(crate) async fn drain(&mut self, conn: &Conn) {
+    pub(crate) async fn drain(&mut self, conn: &Rc<Conn>) {
         while let Ok(Got::Data(..)) = self.next(conn, false).await {}
     }
 }
@@ -1018,7 +1130,14 @@ impl Receiver {
     /// [`Error::ConnectionLost`].
     ///
     /// The message borrows this receiver's buffer: drop it before the next `recv`, or copy it
-    /// with [`Message::into_owned`].
+    /// with [`Message::into_owned`]. It is only ever `Message::Text` or `Message::Binary`,
+    /// but [`Message`] also has `Ping`, `Pong` and `Close` (for sending), so a `match` on it
+    /// needs a `_ => {}` arm.
+    ///
+    /// **Cancellation safe**: `recv` (and [`Receiver::recv_owned`]) may be a branch of
+    /// `tokio::select!` or be put under `tokio::time::timeout`. When it is dropped before it
+    /// completes, no bytes are lost: a read it started stays with the receiver and the next
+    /// call resumes it. See [`Sender`] for an example.
     pub async fn recv(&mut self) -> Result<Option<Message<'_>>> {
         match self.state.next(&self.conn, true).await? {
             Got::End => Ok(None),
@@ -1089,6 +1208,11 @@ impl Receiver {
     pub fn info(&self) -> &ConnectionInfo {
         self.conn.info()
     }
+
+    /// The data the application attached to this connection; see [`Sender::set_data`].
+    pub fn data<T: 'static>(&self) -> Option<Rc<T>> {
+        self.conn.data()
+    }
 }
 
 impl Drop for Receiver {
@@ -1108,6 +1232,7 @@ impl Drop for Receiver {
                 heap_reads: false,
                 peer_close: None,
                 finished: true,
+                pending: None,
             },
         );
         *self.conn.returned_rx.borrow_mut() = Some(Box::new(state));
@@ -1124,6 +1249,63 @@ fn owned_data(ready: Ready, payload: Bytes) -> OwnedMessage {
 }
 
 /// The sending half of a WebSocket. Cheap to clone; every clone feeds the same queue.
+///
+/// A `Sender` is not `Send`: it lives on the thread that runs the connection (each server
+/// thread runs its own runtime, and the connection's state is not locked). Clones can go to
+/// tasks on the same thread (`tokio::task::spawn_local`; see [`WebSocket`]). To send from
+/// another thread, give the connection a channel and let the handler forward what arrives;
+/// `recv` is cancellation safe, so both can wait in one `select!`:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tokio::sync::mpsc;
+/// use uringws::{client, Message, WebSocket};
+///
+/// // Each connection registers the sending end of its own channel here.
+/// let inboxes: Arc<Mutex<Vec<mpsc::UnboundedSender<String>>>> = Arc::default();
+/// let registry = inboxes.clone();
+/// let server = uringws::Server::bind("127.0.0.1:0")?
+///     .threads(1)
+///     .start(move |ws: WebSocket| {
+///         let registry = registry.clone();
+///         async move {
+///             let (to_me, mut inbox) = mpsc::unbounded_channel::<String>();
+///             registry.lock().unwrap().push(to_me);
+///             let (mut rx, tx) = ws.split();
+///             loop {
+///                 tokio::select! {
+///                     // Cancellation safe: when the inbox wins, no received bytes are lost.
+///                     msg = rx.recv() => match msg? {
+///                         Some(msg) => tx.send(msg).await?, // echo
+///                         None => return Ok(()),
+///                     },
+///                     Some(text) = inbox.recv() => tx.send_text(&text).await?,
+///                 }
+///             }
+///         }
+///     })?;
+/// let url = format!("ws://{}/", server.local_addr());
+/// client::block_on(async {
+///     let mut ws = client::connect(&url).await?;
+///     ws.send(Message::Text("hello")).await?;
+///     assert!(matches!(ws.recv().await?, Some(Message::Text("hello")))); // registered now
+///     // Another thread sends through the channel.
+///     let inboxes = inboxes.clone();
+///     std::thread::spawn(move || {
+///         for inbox in inboxes.lock().unwrap().iter() {
+///             let _ = inbox.send("from another thread".to_owned());
+///         }
+///     })
+///     .join()
+///     .unwrap();
+///     assert!(matches!(ws.recv().await?, Some(Message::Text("from another thread"))));
+///     ws.close(uringws::CloseCode::NORMAL, "")?;
+///     while ws.recv().await?.is_some() {}
+///     Ok::<(), uringws::Error>(())
+/// })??;
+/// server.shutdown()?;
+/// # Ok::<(), uringws::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Sender {
     conn: Rc<Conn>,
@@ -1203,6 +1385,33 @@ impl Sender {
         self.conn.info()
     }
 
+    /// Bytes queued on this connection and not yet written to the socket: encoded frames
+    /// (headers included) of every clone of this sender, and the write in flight. `send`
+    /// waits while this is above the send-queue limit; a sender that must never wait (a
+    /// broadcast to many connections) can check it first and skip or drop a slow peer.
+    pub fn buffered(&self) -> usize {
+        self.conn.buffered()
+    }
+
+    /// Waits until everything queued so far has been written to the socket (handed to the
+    /// kernel: it says nothing about what the peer has read). Fails with
+    /// [`Error::ConnectionLost`] when the write side failed first.
+    pub async fn flush(&self) -> Result<()> {
+        self.conn.flush().await
+    }
+
+    /// Attaches the application's data to this connection (a user id, a room name, ...),
+    /// replacing any earlier data. Every clone of the sender and the receiver see it.
+    pub fn set_data<T: 'static>(&self, data: T) {
+        *self.conn.data.borrow_mut() = Some(Rc::new(data));
+    }
+
+    /// The data attached with [`Sender::set_data`], if it is a `T`. It is shared (`Rc`): keep
+    /// mutable state in a `Cell` or `RefCell` inside it.
+    pub fn data<T: 'static>(&self) -> Option<Rc<T>> {
+        self.conn.data()
+    }
+
     fn control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
         if payload.len() > MAX_CONTROL_PAYLOAD {
             return Err(Error::ControlTooLong);
@@ -1215,6 +1424,48 @@ impl Sender {
 ///
 /// Use [`WebSocket::split`] to receive and send at the same time: a received message
 /// borrows the receiver's buffer, and the sender can reply while holding it.
+///
+/// The handler runs as a task on the thread that accepted the connection, inside a tokio
+/// runtime: tokio's timers, channels and `tokio::task::spawn_local` work there (the spawned
+/// future need not be `Send`, so it can hold a [`Sender`] clone). A task that sends on its
+/// own while the handler receives:
+///
+/// ```
+/// use std::time::Duration;
+/// use uringws::{client, Message, WebSocket};
+///
+/// let server = uringws::Server::bind("127.0.0.1:0")?
+///     .threads(1)
+///     .start(|ws: WebSocket| async move {
+///         let (mut rx, tx) = ws.split();
+///         let ticker = tx.clone();
+///         let ticks = tokio::task::spawn_local(async move {
+///             for i in 0..3 {
+///                 ticker.send_text(&format!("tick {i}")).await?;
+///                 tokio::time::sleep(Duration::from_millis(10)).await;
+///             }
+///             Ok::<(), uringws::Error>(())
+///         });
+///         while rx.recv().await?.is_some() {} // until the client closes
+///         ticks.abort(); // a spawned task outlives the handler unless stopped
+///         Ok(())
+///     })?;
+/// let url = format!("ws://{}/", server.local_addr());
+/// client::block_on(async {
+///     let mut ws = client::connect(&url).await?;
+///     for i in 0..3 {
+///         match ws.recv().await? {
+///             Some(Message::Text(t)) => assert_eq!(t, format!("tick {i}")),
+///             other => panic!("unexpected {other:?}"),
+///         }
+///     }
+///     ws.close(uringws::CloseCode::NORMAL, "")?;
+///     while ws.recv().await?.is_some() {}
+///     Ok::<(), uringws::Error>(())
+/// })??;
+/// server.shutdown()?;
+/// # Ok::<(), uringws::Error>(())
+/// ```
 pub struct WebSocket {
     rx: Receiver,
     tx: Sender,
@@ -1265,12 +1516,22 @@ impl WebSocket {
     pub fn info(&self) -> &ConnectionInfo {
         self.tx.conn.info()
     }
+
+    /// Attaches the application's data to this connection; see [`Sender::set_data`].
+    pub fn set_data<T: 'static>(&self, data: T) {
+        self.tx.set_data(data)
+    }
+
+    /// The data attached to this connection, if it is a `T`; see [`Sender::data`].
+    pub fn data<T: 'static>(&self) -> Option<Rc<T>> {
+        self.tx.data()
+    }
 }
 
 /// Ends an open connection: queues a close with `code` unless one was sent, waits (bounded by
 /// the close timeout) for the peer's close when this side closed first, lets the writer
 /// finish, then half-closes and waits for the peer's end so that the close is not a reset.
-pub(crate) async fn finish(conn: &Conn, code: CloseCode) {
+pub(crate) async fn finish(conn: &Rc<Conn>, code: CloseCode) {
     // The application dropped its receiver, which handed the read state back.
     let returned = conn.returned_rx.borrow_mut().take();
     if !conn.close_queued() && !conn.write_failed() {
