@@ -695,6 +695,8 @@ pub(crate) struct ThreadCtx {
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     next_id: Cell<u64>,
     stopping: Cell<bool>,
+    /// Accept loops still running (each ends after its accept completes during a stop).
+    accepting: Cell<usize>,
 }
 
 impl ThreadCtx {
@@ -802,6 +804,7 @@ where
             conns: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
             stopping: Cell::new(false),
+            accepting: Cell::new(0),
         });
         let _ = ready.send(Ok(()));
         tracing::info!(addr = ?stopper.local_addr(), "listening");
@@ -820,9 +823,16 @@ where
 }
 
 async fn accept_loop(ctx: Rc<ThreadCtx>, listener: Rc<TcpListener>) {
+    ctx.accepting.set(ctx.accepting.get() + 1);
     loop {
         let accepted = listener.accept().await;
         if ctx.stopping.get() {
+            // A connection accepted just as the listener was shut down is closed here; had
+            // the runtime ended with this accept in flight, its descriptor would leak open.
+            if let Ok((stream, _)) = accepted {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+            ctx.accepting.set(ctx.accepting.get() - 1);
             return;
         }
         match accepted {
@@ -878,6 +888,11 @@ async fn graceful_stop(ctx: &ThreadCtx, listener: &std::net::TcpListener) {
     }
     drop(conns);
     let deadline = Instant::now() + ctx.config.shutdown_grace;
+    // The accepts in flight complete (with an error) now that the listener is shut down:
+    // wait for them, so that none is left in the ring when the runtime ends.
+    while ctx.accepting.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     while !ctx.conns.borrow().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

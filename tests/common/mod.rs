@@ -140,6 +140,27 @@ impl Client {
         c
     }
 
+    /// A client over `stream`, which has sent an upgrade request, once the server answered
+    /// 101; `None` when the connection ended (or was reset) before, or with another status.
+    pub fn from_stream_after_101(stream: TcpStream) -> Option<Client> {
+        let mut c = Client {
+            stream,
+            buf: Vec::new(),
+        };
+        loop {
+            if let Some(i) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let ok = c.buf.starts_with(b"HTTP/1.1 101 ");
+                c.buf.drain(..i + 4);
+                return ok.then_some(c);
+            }
+            let mut chunk = [0u8; 4096];
+            match c.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
     fn read_head(&mut self) -> String {
         loop {
             if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
