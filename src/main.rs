@@ -1,6 +1,7 @@
 //! The `uringws` binary: `uringws echo` runs the echo server used by the conformance run, the
 //! benchmarks and the container.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -184,6 +185,7 @@ fn echo(args: EchoArgs) -> uringws::Result<()> {
     eprintln!("uringws echo listening on {}", running.local_addr());
     running.shutdown_on(async {
         uringws::shutdown_signal().await;
-        eprintln!("uringws: shutting down");
+        // Not eprintln!, which panics when stderr is gone (a closed pipe).
+        let _ = writeln!(std::io::stderr(), "uringws: shutting down");
     })
 }
