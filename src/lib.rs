@@ -35,3 +35,8 @@ pub use server::{
     shutdown_signal, Config, ConnectionInfo, HttpResponse, Receiver, Request, RunningServer,
     Sender, Server, ShutdownHandle, UpgradeRequest, WebSocket,
 };
+
+/// The README's Rust examples, compiled as doctests so that they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
