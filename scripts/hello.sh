@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the hello-world client against the hello-world server and checks what it prints; then
-# checks the client's one-line failure when nothing listens.
+# stops the server with SIGTERM and checks the client's one-line failure ("refused") when
+# nothing listens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release/examples
@@ -21,4 +22,6 @@ status=0
 err="$(timeout 20 "$BIN/hello_client" "ws://127.0.0.1:$PORT/" 2>&1)" || status=$?
 echo "$err"
 [[ $status -ne 0 && $(printf '%s\n' "$err" | wc -l) -eq 1 ]] || { echo "hello_client should fail with one line" >&2; exit 1; }
+# The server stopped gracefully on SIGTERM and closed its listening socket: refused, not reset.
+[[ $err == *"refused"* ]] || { echo "after the server stopped, its port should refuse connections" >&2; exit 1; }
 echo "hello: 2 passed, 0 failed"
