@@ -25,22 +25,20 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use tokio_uring::net::TcpStream;
 
+use crate::conn::buffers::{BufferPool, ReadBuf};
+use crate::conn::{finish, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, Timeouts};
 use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
 use crate::proto::frame::Role;
 use crate::proto::handshake::{self, HeadScanner};
 use crate::proto::message::{Reader, ReaderConfig, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
-use crate::server::buffers::{BufferPool, ReadBuf};
-use crate::server::websocket::{
-    finish, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, Timeouts,
-};
 use crate::server::WebSocket;
 
 /// Runs `future` on a new tokio-uring runtime on this thread, for programs that are only
 /// clients. Fails with [`Error::IoUringUnavailable`] when io_uring cannot be set up.
 pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
     crate::error::check_kernel()?;
-    let rt = crate::server::runtime().map_err(|e| io_uring_unavailable(&e))?;
+    let rt = crate::uring::runtime().map_err(|e| io_uring_unavailable(&e))?;
     Ok(rt.block_on(future))
 }
 

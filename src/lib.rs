@@ -24,9 +24,11 @@
 #![deny(missing_docs)]
 
 pub mod client;
+mod conn;
 mod error;
 pub mod proto;
 pub mod server;
+mod uring;
 
 pub use error::{Error, Result, MIN_KERNEL};
 pub use proto::close::CloseCode;

@@ -7,14 +7,14 @@ use std::rc::Rc;
 
 use tokio_uring::net::TcpStream;
 
+use crate::conn::buffers::ReadBuf;
+use crate::conn::{
+    corked, finish, linger, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, WebSocket,
+};
 use crate::proto::close::CloseCode;
 use crate::proto::frame::Role;
 use crate::proto::handshake::{self, Handshake, HeadScanner, UpgradeRequest};
 use crate::proto::message::{Reader, ReaderConfig};
-use crate::server::buffers::ReadBuf;
-use crate::server::websocket::{
-    corked, finish, linger, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, WebSocket,
-};
 use crate::server::{HttpResponse, ThreadCtx};
 
 /// Serves one accepted connection to the end.

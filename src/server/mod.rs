@@ -15,12 +15,11 @@
 //! # Ok::<(), uringws::Error>(())
 //! ```
 
-pub(crate) mod buffers;
 mod conn;
-pub(crate) mod websocket;
 
+pub use crate::conn::{ConnectionInfo, Receiver, Sender, WebSocket};
 pub use crate::proto::handshake::{Header, Request, UpgradeRequest};
-pub use websocket::{ConnectionInfo, Receiver, Sender, WebSocket};
+pub use crate::uring::runtime;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -39,8 +38,8 @@ use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
 use crate::proto::message::{DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
 
-use buffers::BufferPool;
-use websocket::{Conn, Phase};
+use crate::conn::buffers::BufferPool;
+use crate::conn::{Conn, Phase};
 
 /// Server settings. Every field has a documented default; set them with the [`Server`]
 /// builder methods or directly (the struct is `#[non_exhaustive]`: start from
@@ -100,8 +99,8 @@ pub struct Config {
 }
 
 impl Config {
-    pub(crate) fn timeouts(&self) -> websocket::Timeouts {
-        websocket::Timeouts {
+    pub(crate) fn timeouts(&self) -> crate::conn::Timeouts {
+        crate::conn::Timeouts {
             handshake: self.handshake_timeout,
             idle: self.idle_timeout,
             ping: self.ping_interval,
@@ -716,25 +715,6 @@ impl ThreadCtx {
     pub(crate) fn unregister(&self, id: u64) {
         self.conns.borrow_mut().remove(&id);
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A tokio-uring runtime for this thread, with IORING_SETUP_COOP_TASKRUN where the kernel has
-/// it (5.19+): completions then run when the thread next enters the kernel instead of
-/// interrupting it, which cut server CPU per message by a quarter in scripts/compare.sh's
-/// cases. Older kernels refuse the flag (EINVAL) and get a plain ring.
-pub fn runtime() -> std::io::Result<tokio_uring::Runtime> {
-    let mut builder = tokio_uring::builder();
-    builder.entries(1024);
-    let mut ring = tokio_uring::uring_builder();
-    ring.setup_coop_taskrun();
-    builder.uring_builder(&ring);
-    match tokio_uring::Runtime::new(&builder) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            builder.uring_builder(&tokio_uring::uring_builder());
-            tokio_uring::Runtime::new(&builder)
-        }
-        other => other,
     }
 }
 

@@ -1,0 +1,30 @@
+//! Facts about a connection fixed at the handshake: peer, path, query, origin, subprotocol, headers.
+
+use std::net::SocketAddr;
+
+/// Facts about a connection, fixed at the handshake.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    /// The peer's address.
+    pub peer_addr: Option<SocketAddr>,
+    /// The request path, e.g. `/chat`.
+    pub path: String,
+    /// The query string without `?`, if any.
+    pub query: Option<String>,
+    /// The `Origin` header, sent by browsers.
+    pub origin: Option<String>,
+    /// The subprotocol agreed in the handshake.
+    pub protocol: Option<String>,
+    /// Every request header, name as sent and raw value.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ConnectionInfo {
+    /// The first value of header `name` (case-insensitive), if it is UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}

@@ -1,0 +1,182 @@
+//! The sending half: queueing data and control frames, the queue measure and flush, and the
+//! per-connection data.
+
+use std::rc::Rc;
+
+use crate::conn::{info::ConnectionInfo, shared::Conn};
+use crate::error::{Error, Result};
+use crate::proto::close::CloseCode;
+use crate::proto::frame::{OpCode, MAX_CONTROL_PAYLOAD};
+use crate::proto::message::{Message, OwnedMessage};
+
+/// The sending half of a WebSocket. Cheap to clone; every clone feeds the same queue.
+///
+/// A `Sender` is not `Send`: it lives on the thread that runs the connection (each server
+/// thread runs its own runtime, and the connection's state is not locked). Clones can go to
+/// tasks on the same thread (`tokio::task::spawn_local`; see [`WebSocket`](crate::WebSocket)). To send from
+/// another thread, give the connection a channel and let the handler forward what arrives;
+/// `recv` is cancellation safe, so both can wait in one `select!`:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tokio::sync::mpsc;
+/// use uringws::{client, Message, WebSocket};
+///
+/// // Each connection registers the sending end of its own channel here.
+/// let inboxes: Arc<Mutex<Vec<mpsc::UnboundedSender<String>>>> = Arc::default();
+/// let registry = inboxes.clone();
+/// let server = uringws::Server::bind("127.0.0.1:0")?
+///     .threads(1)
+///     .start(move |ws: WebSocket| {
+///         let registry = registry.clone();
+///         async move {
+///             let (to_me, mut inbox) = mpsc::unbounded_channel::<String>();
+///             registry.lock().unwrap().push(to_me);
+///             let (mut rx, tx) = ws.split();
+///             loop {
+///                 tokio::select! {
+///                     // Cancellation safe: when the inbox wins, no received bytes are lost.
+///                     msg = rx.recv() => match msg? {
+///                         Some(msg) => tx.send(msg).await?, // echo
+///                         None => return Ok(()),
+///                     },
+///                     Some(text) = inbox.recv() => tx.send_text(&text).await?,
+///                 }
+///             }
+///         }
+///     })?;
+/// let url = format!("ws://{}/", server.local_addr());
+/// client::block_on(async {
+///     let mut ws = client::connect(&url).await?;
+///     ws.send(Message::Text("hello")).await?;
+///     assert!(matches!(ws.recv().await?, Some(Message::Text("hello")))); // registered now
+///     // Another thread sends through the channel.
+///     let inboxes = inboxes.clone();
+///     std::thread::spawn(move || {
+///         for inbox in inboxes.lock().unwrap().iter() {
+///             let _ = inbox.send("from another thread".to_owned());
+///         }
+///     })
+///     .join()
+///     .unwrap();
+///     assert!(matches!(ws.recv().await?, Some(Message::Text("from another thread"))));
+///     ws.close(uringws::CloseCode::NORMAL, "")?;
+///     while ws.recv().await?.is_some() {}
+///     Ok::<(), uringws::Error>(())
+/// })??;
+/// server.shutdown()?;
+/// # Ok::<(), uringws::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Sender {
+    pub(crate) conn: Rc<Conn>,
+}
+
+impl Sender {
+    /// Sends a message: text and binary are queued behind earlier messages (waiting while the
+    /// queue is above its limit); ping and pong go ahead of queued data; a close starts the
+    /// closing handshake (a missing status sends an empty close frame).
+    ///
+    /// The payload is copied once, into the send queue. Fails with [`Error::Closed`] once a
+    /// close frame was queued or the connection failed.
+    pub async fn send(&self, message: Message<'_>) -> Result<()> {
+        match message {
+            Message::Text(s) => self.conn.queue_data(OpCode::Text, s.as_bytes()).await,
+            Message::Binary(b) => self.conn.queue_data(OpCode::Binary, b).await,
+            Message::Ping(p) => self.control(OpCode::Ping, p),
+            Message::Pong(p) => self.control(OpCode::Pong, p),
+            Message::Close(None) => self.conn.queue_close(None, ""),
+            Message::Close(Some(f)) => self.close(f.code, f.reason),
+        }
+    }
+
+    /// Sends an owned message, as [`Sender::send`] does. A text or binary payload of 16 KiB or
+    /// more is not copied: the queue keeps a reference and the kernel reads it from where it
+    /// is (so one `Bytes` can go to many connections without a copy for each). A text
+    /// payload must be valid UTF-8 (it is when it came from [`Receiver::recv_owned`](crate::Receiver::recv_owned)); one that
+    /// is not is refused with [`Error::InvalidText`].
+    pub async fn send_owned(&self, message: OwnedMessage) -> Result<()> {
+        match message {
+            OwnedMessage::Text(b) => {
+                if simdutf8::basic::from_utf8(&b).is_err() {
+                    return Err(Error::InvalidText);
+                }
+                self.conn.queue_shared(OpCode::Text, b).await
+            }
+            OwnedMessage::Binary(b) => self.conn.queue_shared(OpCode::Binary, b).await,
+            OwnedMessage::Ping(p) => self.control(OpCode::Ping, &p),
+            OwnedMessage::Pong(p) => self.control(OpCode::Pong, &p),
+            OwnedMessage::Close(None) => self.conn.queue_close(None, ""),
+            OwnedMessage::Close(Some((code, reason))) => self.close(code, &reason),
+        }
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(&self, text: &str) -> Result<()> {
+        self.conn.queue_data(OpCode::Text, text.as_bytes()).await
+    }
+
+    /// Sends a binary message.
+    pub async fn send_binary(&self, data: &[u8]) -> Result<()> {
+        self.conn.queue_data(OpCode::Binary, data).await
+    }
+
+    /// Sends a ping (at most 125 bytes), ahead of queued data.
+    pub fn ping(&self, payload: &[u8]) -> Result<()> {
+        self.control(OpCode::Ping, payload)
+    }
+
+    /// Starts the closing handshake with `code` and `reason` (at most 123 bytes). Codes that
+    /// may not be sent (1005, 1006, 1015, reserved ranges) are refused. Receiving continues
+    /// until the peer answers; data that arrives meanwhile is discarded.
+    pub fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
+        if self.conn.close_queued() {
+            return Err(Error::Closed);
+        }
+        self.conn.queue_close(Some(code), reason)
+    }
+
+    /// Whether the connection is closing or closed (nothing more can be sent).
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_queued() || self.conn.write_failed()
+    }
+
+    /// Facts about the connection.
+    pub fn info(&self) -> &ConnectionInfo {
+        self.conn.info()
+    }
+
+    /// Bytes queued on this connection and not yet written to the socket: encoded frames
+    /// (headers included) of every clone of this sender, and the write in flight. `send`
+    /// waits while this is above the send-queue limit; a sender that must never wait (a
+    /// broadcast to many connections) can check it first and skip or drop a slow peer.
+    pub fn buffered(&self) -> usize {
+        self.conn.buffered()
+    }
+
+    /// Waits until everything queued so far has been written to the socket (handed to the
+    /// kernel: it says nothing about what the peer has read). Fails with
+    /// [`Error::ConnectionLost`] when the write side failed first.
+    pub async fn flush(&self) -> Result<()> {
+        self.conn.flush().await
+    }
+
+    /// Attaches the application's data to this connection (a user id, a room name, ...),
+    /// replacing any earlier data. Every clone of the sender and the receiver see it.
+    pub fn set_data<T: 'static>(&self, data: T) {
+        *self.conn.data.borrow_mut() = Some(Rc::new(data));
+    }
+
+    /// The data attached with [`Sender::set_data`], if it is a `T`. It is shared (`Rc`): keep
+    /// mutable state in a `Cell` or `RefCell` inside it.
+    pub fn data<T: 'static>(&self) -> Option<Rc<T>> {
+        self.conn.data()
+    }
+
+    pub(crate) fn control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(Error::ControlTooLong);
+        }
+        self.conn.queue_control(opcode, payload)
+    }
+}

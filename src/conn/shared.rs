@@ -1,0 +1,406 @@
+//! The state both halves of a connection and its tasks share: the socket, the send queue and
+//! its limits, the wakeups, the phase, and the mask source of the client role.
+
+use std::any::Any;
+use std::cell::{Cell, OnceCell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::Notify;
+use tokio_uring::net::TcpStream;
+
+use crate::conn::buffers::{BufferPool, LARGE_MIN};
+use crate::conn::{
+    info::ConnectionInfo,
+    outbox::{Handed, Outbox, WriterSignal},
+    receiver::RxState,
+    watchdog::{Phase, Timeouts},
+    writer::KEEP_WRITE_CAPACITY,
+};
+use crate::error::{Error, Result};
+use crate::proto::close::{write_close_payload, CloseCode};
+use crate::proto::frame::{encode_header, write_frame, OpCode, MAX_HEADER_LEN};
+
+/// Payloads of at least this many bytes sent as `Bytes` are written from where they are
+/// rather than copied into the send queue (and their buffers go back to the pool after).
+pub(crate) const SHARE_MIN: usize = LARGE_MIN;
+
+/// A socket descriptor borrowed from the connection's stream, for readiness polling only.
+/// It never closes the descriptor.
+pub(crate) struct SocketFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for SocketFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+/// A source of mask keys (client role).
+pub(crate) type MaskFn = Box<dyn FnMut() -> [u8; 4]>;
+
+/// What the halves and the connection task share.
+pub(crate) struct Conn {
+    /// Epoll readiness of the socket, registered on first use. Declared before `stream` so
+    /// that it is deregistered before the descriptor closes (a closed number can be reused).
+    pub(crate) readiness: OnceCell<Option<AsyncFd<SocketFd>>>,
+    pub(crate) stream: TcpStream,
+    pub(crate) outbox: RefCell<Outbox>,
+    /// Wakes the writer when something is queued.
+    pub(crate) wake_writer: WriterSignal,
+    /// The connection task is polling the application's handler (see [`Corked`]).
+    pub(crate) in_handler: Cell<bool>,
+    /// Frames were queued during that poll and the writer was not told yet.
+    pub(crate) corked: Cell<bool>,
+    /// A write submitted by the connection task, for the writer to finish.
+    pub(crate) handed: RefCell<Option<Handed>>,
+    /// Wakes senders when queue space frees up, and waiters for the writer's end.
+    pub(crate) progress: Notify,
+    /// Wakes the watchdog when the phase or deadline changes.
+    pub(crate) wake_watchdog: Notify,
+    pub(crate) phase: Cell<Phase>,
+    /// When the phase began (handshake, closing) or the last byte arrived (open).
+    pub(crate) last_activity: Cell<Instant>,
+    /// A close frame from the peer was received.
+    pub(crate) close_received: Cell<bool>,
+    /// The high-water mark of the send queue, in bytes.
+    pub(crate) send_limit: usize,
+    pub(crate) timeouts: Timeouts,
+    /// Receive state handed back when the receiver is dropped, for the closing handshake.
+    /// (Boxed: every connection carries the slot, few ever fill it.)
+    pub(crate) returned_rx: RefCell<Option<Box<RxState>>>,
+    /// Signalled when the receiver is dropped.
+    pub(crate) rx_dropped: Notify,
+    /// Set once, when the handshake completes.
+    pub(crate) info: OnceCell<ConnectionInfo>,
+    /// Source of mask keys for the client role.
+    pub(crate) mask: Option<RefCell<MaskFn>>,
+    /// The thread's buffers: large write buffers are recycled through it.
+    pub(crate) pool: Rc<BufferPool>,
+    /// The application's per-connection data (see [`Sender::set_data`]).
+    pub(crate) data: RefCell<Option<Rc<dyn Any>>>,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        stream: TcpStream,
+        send_limit: usize,
+        timeouts: Timeouts,
+        mask: Option<MaskFn>,
+        pool: Rc<BufferPool>,
+    ) -> Rc<Conn> {
+        Rc::new(Conn {
+            readiness: OnceCell::new(),
+            stream,
+            outbox: RefCell::default(),
+            wake_writer: WriterSignal::default(),
+            in_handler: Cell::new(false),
+            corked: Cell::new(false),
+            handed: RefCell::new(None),
+            progress: Notify::new(),
+            wake_watchdog: Notify::new(),
+            phase: Cell::new(Phase::Handshake),
+            last_activity: Cell::new(Instant::now()),
+            close_received: Cell::new(false),
+            send_limit,
+            timeouts,
+            returned_rx: RefCell::new(None),
+            rx_dropped: Notify::new(),
+            info: OnceCell::new(),
+            mask: mask.map(RefCell::new),
+            pool,
+            data: RefCell::new(None),
+        })
+    }
+
+    /// The socket's readiness registration with the runtime's epoll driver, created on first
+    /// use; `None` when registration failed (reads then always pin a buffer).
+    pub(crate) fn readiness(&self) -> Option<&AsyncFd<SocketFd>> {
+        self.readiness
+            .get_or_init(|| {
+                let fd = SocketFd(std::os::fd::AsRawFd::as_raw_fd(&self.stream));
+                // SAFETY: `fd` is the stream's open descriptor. The `AsyncFd` lives in this
+                // `Conn`, in the field declared before `stream`, so it is dropped (and
+                // deregistered) before the stream; the stream never closes its descriptor
+                // earlier (it is closed only when the stream and every in-flight operation on
+                // it are dropped), and `SocketFd::as_raw_fd` always returns the same number.
+                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+            })
+            .as_ref()
+    }
+
+    /// Waits until the socket is readable (or closed), without pinning any buffer. Without a
+    /// readiness registration it returns at once and the read that follows waits instead.
+    pub(crate) async fn wait_readable(&self) {
+        if let Some(readiness) = self.readiness() {
+            if let Ok(mut guard) = readiness.readable().await {
+                // The read that follows takes what is there; a later arrival sets the
+                // readiness again.
+                guard.clear_ready();
+            }
+        }
+    }
+
+    /// Facts about the connection (empty before the handshake completes).
+    pub(crate) fn info(&self) -> &ConnectionInfo {
+        static EMPTY: ConnectionInfo = ConnectionInfo {
+            peer_addr: None,
+            path: String::new(),
+            query: None,
+            origin: None,
+            protocol: None,
+            headers: Vec::new(),
+        };
+        self.info.get().unwrap_or(&EMPTY)
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.phase.set(phase);
+        self.last_activity.set(Instant::now());
+        self.wake_watchdog.notify_one();
+    }
+
+    pub(crate) fn mask_key(&self) -> Option<[u8; 4]> {
+        self.mask.as_ref().map(|m| (m.borrow_mut())())
+    }
+
+    /// Waits until the receiver has been dropped (and its state handed back).
+    pub(crate) async fn receiver_dropped(&self) {
+        while self.returned_rx.borrow().is_none() {
+            self.rx_dropped.notified().await;
+        }
+    }
+
+    /// Whether a close frame was queued by this side.
+    pub(crate) fn close_queued(&self) -> bool {
+        self.outbox.borrow().close_queued
+    }
+
+    /// Whether the write side failed.
+    pub(crate) fn write_failed(&self) -> bool {
+        self.outbox.borrow().failed
+    }
+
+    /// Queues a control frame: ping and pong ahead of queued data, close behind it.
+    /// Refused after a close was queued.
+    pub(crate) fn queue_control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+        let mut ob = self.outbox.borrow_mut();
+        if ob.close_queued || ob.failed {
+            return Err(Error::Closed);
+        }
+        let key = self.mask_key();
+        if opcode == OpCode::Close {
+            // The close frame is the last frame: it goes behind queued data, not ahead.
+            write_frame(&mut ob.data, true, opcode, key, payload);
+            ob.close_queued = true;
+        } else {
+            write_frame(&mut ob.control, true, opcode, key, payload);
+        }
+        drop(ob);
+        if opcode == OpCode::Close {
+            if self.phase.get() == Phase::Open {
+                self.set_phase(Phase::Closing);
+            }
+            // Waiting senders learn that the connection is closing.
+            self.progress.notify_waiters();
+        }
+        self.queued();
+        Ok(())
+    }
+
+    /// Queues a close frame with `code` and `reason` (or an empty one for `None`), unless
+    /// one was already queued.
+    pub(crate) fn queue_close(&self, code: Option<CloseCode>, reason: &str) -> Result<()> {
+        let mut payload = [0u8; 125];
+        let n = write_close_payload(code, reason, &mut payload)?;
+        if self.close_queued() {
+            return Ok(());
+        }
+        tracing::debug!(
+            peer = ?self.info().peer_addr,
+            code = code.map(|c| c.0),
+            reason,
+            "close sent"
+        );
+        self.queue_control(OpCode::Close, &payload[..n])
+    }
+
+    /// Queues a data frame, waiting while the queue is above the high-water mark.
+    pub(crate) async fn queue_data(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+        self.wait_to_queue().await?;
+        self.encode_data(opcode, payload);
+        Ok(())
+    }
+
+    /// Queues a data frame whose payload is shared rather than copied when it is large (and
+    /// the frame is not masked), waiting while the queue is above the high-water mark.
+    pub(crate) async fn queue_shared(&self, opcode: OpCode, payload: Bytes) -> Result<()> {
+        self.wait_to_queue().await?;
+        if payload.len() < SHARE_MIN || self.mask.is_some() {
+            self.encode_data(opcode, &payload);
+            return Ok(());
+        }
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut header, true, 0, opcode, None, payload.len() as u64);
+        let mut ob = self.outbox.borrow_mut();
+        let mut head = Vec::with_capacity(ob.data.len() + n);
+        head.extend_from_slice(&ob.data);
+        head.extend_from_slice(&header[..n]);
+        ob.data.clear();
+        ob.chunks_len += head.len() + payload.len();
+        ob.chunks.push(Bytes::from(head));
+        ob.chunks.push(payload);
+        drop(ob);
+        self.queued();
+        Ok(())
+    }
+
+    /// Waits while the queue is above the high-water mark; fails once the connection is
+    /// closing or failed.
+    pub(crate) async fn wait_to_queue(&self) -> Result<()> {
+        loop {
+            {
+                let ob = self.outbox.borrow();
+                if ob.close_queued || ob.failed {
+                    return Err(Error::Closed);
+                }
+                if ob.data.len() + ob.chunks_len + ob.in_flight <= self.send_limit {
+                    break;
+                }
+            }
+            // No other task runs between the check above and the first poll of this
+            // future, so the writer's notification cannot be missed.
+            self.progress.notified().await;
+        }
+        Ok(())
+    }
+
+    /// Encodes a data frame (copying the payload) at the end of the queue.
+    pub(crate) fn encode_data(&self, opcode: OpCode, payload: &[u8]) {
+        let key = self.mask_key();
+        let mut ob = self.outbox.borrow_mut();
+        let need = ob.data.len() + payload.len() + MAX_HEADER_LEN;
+        if need > ob.data.capacity() && payload.len() > KEEP_WRITE_CAPACITY {
+            // A large message: a buffer kept from an earlier one spares faulting in fresh
+            // memory for this one.
+            if !self.pool.move_to_large(&mut ob.data, need) {
+                // Whole 64 KiB steps, so that the buffer fits the next message of about
+                // this size when it comes back from the pool.
+                let len = ob.data.len();
+                ob.data.reserve_exact(need.next_multiple_of(64 << 10) - len);
+            }
+        }
+        write_frame(&mut ob.data, true, opcode, key, payload);
+        drop(ob);
+        self.queued();
+    }
+
+    /// Tells the writer that frames were queued: at once, or, while the connection task
+    /// polls the handler, when that poll ends (so that every reply it produced goes out in
+    /// one write).
+    pub(crate) fn queued(&self) {
+        if self.in_handler.get() {
+            self.corked.set(true);
+        } else {
+            self.wake_writer.notify();
+        }
+    }
+
+    /// At the end of a poll of the handler: when frames were queued during it and the writer
+    /// is idle, submits their write here, registered with the writer's waker, so that the
+    /// writer runs once, when the write completes, instead of also once to start it.
+    /// Otherwise wakes the writer.
+    pub(crate) fn flush_corked(&self) {
+        if !self.corked.replace(false) {
+            return;
+        }
+        let batch = match self.wake_writer.idle_writer() {
+            Some(waker) if self.handed.borrow().is_none() => {
+                let mut ob = self.outbox.borrow_mut();
+                let plain = ob.chunks.is_empty() && ob.in_flight == 0 && !ob.failed;
+                plain.then(|| ob.take_batch()).flatten().map(|b| (waker, b))
+            }
+            _ => None,
+        };
+        let Some((waker, batch)) = batch else {
+            self.wake_writer.notify();
+            return;
+        };
+        let mut write = self.stream.write(batch).submit();
+        // The write is not in the kernel yet (that happens when the thread next enters the
+        // ring), so this registers the writer's waker with it.
+        let handed = match Pin::new(&mut write).poll(&mut Context::from_waker(&waker)) {
+            Poll::Pending => Handed::InFlight(write),
+            Poll::Ready(done) => Handed::Done(done),
+        };
+        *self.handed.borrow_mut() = Some(handed);
+        self.wake_writer.set_pending();
+    }
+
+    /// Waits while more than the send-queue limit (control frames included) is pending, so
+    /// that a peer that sends pings but never reads cannot make the pong queue grow without
+    /// bound: the receive side stops reading until the writer drains.
+    pub(crate) async fn wait_for_room(&self) {
+        loop {
+            {
+                let ob = self.outbox.borrow();
+                if ob.failed
+                    || ob.writer_done
+                    || ob.data.len() + ob.chunks_len + ob.control.len() + ob.in_flight
+                        <= self.send_limit
+                {
+                    return;
+                }
+            }
+            self.progress.notified().await;
+        }
+    }
+
+    /// Bytes queued or being written: encoded frames, headers included.
+    pub(crate) fn buffered(&self) -> usize {
+        let ob = self.outbox.borrow();
+        ob.data.len() + ob.chunks_len + ob.control.len() + ob.in_flight
+    }
+
+    /// Waits until everything queued has been written to the socket.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        loop {
+            if self.outbox.borrow().failed {
+                return Err(Error::ConnectionLost);
+            }
+            if self.buffered() == 0 {
+                return Ok(());
+            }
+            // As in `wait_to_queue`: nothing runs between the check and the first poll.
+            self.progress.notified().await;
+        }
+    }
+
+    /// The application's data of type `T`, if it set some.
+    pub(crate) fn data<T: 'static>(&self) -> Option<Rc<T>> {
+        let data = self.data.borrow().clone()?;
+        data.downcast().ok()
+    }
+
+    /// Waits until the writer has stopped (after writing a close frame, or on an error).
+    pub(crate) async fn writer_finished(&self) {
+        while !self.outbox.borrow().writer_done {
+            self.progress.notified().await;
+        }
+    }
+
+    /// Stops the writer once it has written what is queued (used when no close frame will
+    /// be sent, e.g. after the peer vanished).
+    pub(crate) fn stop_writer(&self) {
+        let mut ob = self.outbox.borrow_mut();
+        ob.close_queued = true;
+        drop(ob);
+        self.wake_writer.notify();
+    }
+}

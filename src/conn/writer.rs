@@ -1,0 +1,211 @@
+//! The writer task, which owns the socket's single in-flight write: control frames first,
+//! queued frames coalesced into one write, shared payloads written from where they are; and the
+//! corking that sends every reply of one handler poll in one write.
+
+use std::future::Future;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::BufResult;
+
+use crate::conn::buffers::LARGE_MIN;
+use crate::conn::{outbox::Handed, shared::Conn};
+
+/// Buffers in one vectored write, well under the kernel's `UIO_MAXIOV` (1024).
+pub(crate) const MAX_IOVECS: usize = 256;
+
+/// The write buffers are released after a write when they grew past this capacity.
+pub(crate) const KEEP_WRITE_CAPACITY: usize = 256 << 10;
+
+/// The writer task: one write in flight at a time, control frames first, every queued frame
+/// coalesced into one `write_all`. A write the connection task started for it (see
+/// [`Conn::flush_corked`]) is finished first.
+pub(crate) async fn writer(conn: Rc<Conn>) {
+    loop {
+        // A write the connection task started comes first: it holds the oldest frames.
+        let handed = conn.handed.borrow_mut().take();
+        if let Some(handed) = handed {
+            let done = match handed {
+                Handed::InFlight(write) => write.await,
+                Handed::Done(done) => done,
+            };
+            if !finish_batch(&conn, done).await {
+                return;
+            }
+            continue;
+        }
+        let shared = take_chunks(&conn);
+        if !shared.is_empty() {
+            // Boxed: only large shared payloads come this way, and the writer's future,
+            // which every idle connection holds, stays small.
+            let res = Box::pin(write_chunks(&conn, shared)).await;
+            if !finish_write(&conn, res) {
+                return;
+            }
+            continue;
+        }
+        let batch = {
+            let mut ob = conn.outbox.borrow_mut();
+            match ob.take_batch() {
+                Some(batch) => Some(batch),
+                None if ob.close_queued || ob.failed => {
+                    ob.writer_done = true;
+                    drop(ob);
+                    conn.progress.notify_waiters();
+                    return;
+                }
+                None => None,
+            }
+        };
+        let Some(batch) = batch else {
+            conn.wake_writer.notified().await;
+            continue;
+        };
+        let done = conn.stream.write(batch).submit().await;
+        if !finish_batch(&conn, done).await {
+            return;
+        }
+    }
+}
+
+/// After one write of a batch: writes what it left (a partial write, rare), keeps the buffer
+/// and finishes the write as [`finish_write`] does.
+pub(crate) async fn finish_batch(conn: &Conn, done: BufResult<usize, Vec<u8>>) -> bool {
+    let (res, buf) = match done {
+        (Ok(n), buf) if n == buf.len() => (Ok(()), buf),
+        // Boxed: the writer's future, which every idle connection holds, stays small.
+        partial => Box::pin(write_rest(conn, partial)).await,
+    };
+    keep_spare(conn, buf);
+    finish_write(conn, res)
+}
+
+/// Runs the application's handler for the connection task. Frames the handler queues
+/// during one poll are announced to the writer once, when the poll ends (see
+/// [`Conn::flush_corked`]); frames queued from other tasks wake the writer at once.
+pub(crate) async fn corked<F: Future>(conn: &Conn, handler: F) -> F::Output {
+    /// Ends the handler's poll even when it unwinds.
+    struct InHandler<'a>(&'a Conn);
+    impl Drop for InHandler<'_> {
+        fn drop(&mut self) {
+            self.0.in_handler.set(false);
+            if std::thread::panicking() {
+                // The handler panicked and the connection goes with its task; no write.
+                return;
+            }
+            self.0.flush_corked();
+        }
+    }
+    let mut handler = std::pin::pin!(handler);
+    std::future::poll_fn(|cx| {
+        conn.in_handler.set(true);
+        let _poll = InHandler(conn);
+        handler.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// After a single write of `buf` that wrote `res` bytes, writes the rest, as `write_all`.
+pub(crate) async fn write_rest(
+    conn: &Conn,
+    (res, buf): BufResult<usize, Vec<u8>>,
+) -> BufResult<(), Vec<u8>> {
+    match res {
+        Ok(0) if !buf.is_empty() => (Err(std::io::ErrorKind::WriteZero.into()), buf),
+        Ok(n) if n < buf.len() => {
+            let (res, rest) = conn.stream.write_all(buf.slice(n..)).await;
+            (res, rest.into_inner())
+        }
+        Ok(_) => (Ok(()), buf),
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Keeps a written batch buffer for the next batch, or gives a large one to the pool.
+pub(crate) fn keep_spare(conn: &Conn, buf: Vec<u8>) {
+    if buf.capacity() > KEEP_WRITE_CAPACITY {
+        conn.pool.put_large(buf);
+    } else {
+        conn.outbox.borrow_mut().spare = buf;
+    }
+}
+
+/// After a write: on success wakes waiting senders and returns true; on failure marks the
+/// connection failed, drops the queue, shuts the socket down and returns false.
+pub(crate) fn finish_write(conn: &Conn, res: std::io::Result<()>) -> bool {
+    let mut ob = conn.outbox.borrow_mut();
+    ob.in_flight = 0;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "write failed; the peer is gone");
+        ob.failed = true;
+        ob.writer_done = true;
+        ob.data = Vec::new();
+        ob.control = Vec::new();
+        ob.chunks = Vec::new();
+        ob.chunks_len = 0;
+        drop(ob);
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        conn.progress.notify_waiters();
+        return false;
+    }
+    drop(ob);
+    conn.progress.notify_waiters();
+    true
+}
+
+/// Takes everything queued, in order, when shared payloads are among it: control frames,
+/// the chunks, then the data frames queued after them. Empty when no chunk is queued.
+pub(crate) fn take_chunks(conn: &Conn) -> Vec<Bytes> {
+    let mut ob = conn.outbox.borrow_mut();
+    if ob.chunks.is_empty() {
+        return Vec::new();
+    }
+    let mut parts = Vec::with_capacity(ob.chunks.len() + 2);
+    if !ob.control.is_empty() {
+        parts.push(Bytes::copy_from_slice(&ob.control));
+        ob.control.clear();
+    }
+    parts.append(&mut ob.chunks);
+    if !ob.data.is_empty() {
+        parts.push(Bytes::copy_from_slice(&ob.data));
+        ob.data.clear();
+    }
+    ob.in_flight = parts.iter().map(Bytes::len).sum();
+    ob.chunks_len = 0;
+    parts
+}
+
+/// Writes `parts` in order with vectored writes (at most `MAX_IOVECS` at a time), resuming
+/// after partial writes. Large payload buffers that nobody else holds go back to the pool.
+pub(crate) async fn write_chunks(conn: &Conn, mut parts: Vec<Bytes>) -> std::io::Result<()> {
+    parts.reverse();
+    while !parts.is_empty() {
+        let batch: Vec<Bytes> = parts.iter().rev().take(MAX_IOVECS).cloned().collect();
+        let (res, batch) = conn.stream.writev(batch).await;
+        drop(batch);
+        let mut n = res?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(first) = parts.last_mut() else { break };
+            if n < first.len() {
+                bytes::Buf::advance(first, n);
+                break;
+            }
+            n -= first.len();
+            let done = parts.pop().unwrap_or_default();
+            if done.len() >= LARGE_MIN {
+                if let Ok(mut buf) = done.try_into_mut() {
+                    // Emptied first: a payload that starts inside its allocation would
+                    // otherwise be moved to the front.
+                    buf.clear();
+                    conn.pool.put_large(Vec::from(buf));
+                }
+            }
+        }
+    }
+    Ok(())
+}
