@@ -9,32 +9,32 @@ use tokio_uring::{BufResult, InFlightOneshot, WriteData, WriteTransform};
 
 /// The send queue.
 #[derive(Default)]
-pub(crate) struct Outbox {
+pub(super) struct Outbox {
     /// Queued bytes that go out before `data`, in order: large shared payloads, each after
     /// a chunk with the frames queued before it and its own header.
-    pub(crate) chunks: Vec<Bytes>,
+    pub(super) chunks: Vec<Bytes>,
     /// Bytes in `chunks`.
-    pub(crate) chunks_len: usize,
+    pub(super) chunks_len: usize,
     /// Encoded data frames waiting for the writer (after `chunks`).
-    pub(crate) data: Vec<u8>,
+    pub(super) data: Vec<u8>,
     /// Encoded control frames waiting; written before `data`.
-    pub(crate) control: Vec<u8>,
+    pub(super) control: Vec<u8>,
     /// Bytes of the write in flight.
-    pub(crate) in_flight: usize,
+    pub(super) in_flight: usize,
     /// A close frame was queued: nothing more may be sent.
-    pub(crate) close_queued: bool,
+    pub(super) close_queued: bool,
     /// The writer stopped (after the close frame, or on an error).
-    pub(crate) writer_done: bool,
+    pub(super) writer_done: bool,
     /// The write side failed; the peer is gone.
-    pub(crate) failed: bool,
+    pub(super) failed: bool,
     /// The buffer of the last write, emptied, for the next batch to swap in.
-    pub(crate) spare: Vec<u8>,
+    pub(super) spare: Vec<u8>,
 }
 
 impl Outbox {
     /// Takes the queued control and data frames, control first, as one write; `None` when
     /// none are queued. The spare buffer takes `data`'s place.
-    pub(crate) fn take_batch(&mut self) -> Option<Vec<u8>> {
+    pub(super) fn take_batch(&mut self) -> Option<Vec<u8>> {
         if self.control.is_empty() && self.data.is_empty() {
             return None;
         }
@@ -53,7 +53,7 @@ impl Outbox {
 }
 
 /// A write the connection task submitted for the writer to finish.
-pub(crate) enum Handed {
+pub(super) enum Handed {
     InFlight(InFlightOneshot<WriteData<Vec<u8>>, WriteTransform<Vec<u8>>>),
     Done(BufResult<usize, Vec<u8>>),
 }
@@ -62,18 +62,18 @@ pub(crate) enum Handed {
 /// that finds the writer busy is kept for its next wait) but none of its locking or waiter
 /// list: everything here runs on one thread.
 #[derive(Default)]
-pub(crate) struct WriterSignal {
+pub(super) struct WriterSignal {
     /// A wakeup not yet consumed.
-    pub(crate) pending: Cell<bool>,
+    pub(super) pending: Cell<bool>,
     /// The writer, while it waits.
-    pub(crate) waker: RefCell<Option<Waker>>,
+    pub(super) waker: RefCell<Option<Waker>>,
     /// The writer is waiting (its last poll of `notified` was pending).
-    pub(crate) waiting: Cell<bool>,
+    pub(super) waiting: Cell<bool>,
 }
 
 impl WriterSignal {
     /// Wakes the writer, or leaves the wakeup for its next wait.
-    pub(crate) fn notify(&self) {
+    pub(super) fn notify(&self) {
         self.pending.set(true);
         let waker = self.waker.borrow_mut().take();
         if let Some(waker) = waker {
@@ -82,7 +82,7 @@ impl WriterSignal {
     }
 
     /// Waits for a wakeup (returns at once if one is pending).
-    pub(crate) async fn notified(&self) {
+    pub(super) async fn notified(&self) {
         std::future::poll_fn(|cx| {
             if self.pending.replace(false) {
                 self.waiting.set(false);
@@ -100,7 +100,7 @@ impl WriterSignal {
     }
 
     /// The waiting writer's waker, if it waits with no wakeup pending.
-    pub(crate) fn idle_writer(&self) -> Option<Waker> {
+    pub(super) fn idle_writer(&self) -> Option<Waker> {
         if !self.waiting.get() || self.pending.get() {
             return None;
         }
@@ -109,7 +109,7 @@ impl WriterSignal {
 
     /// Marks a wakeup pending without waking the writer: something else (a write it was
     /// handed) will wake it.
-    pub(crate) fn set_pending(&self) {
+    pub(super) fn set_pending(&self) {
         self.pending.set(true);
     }
 }

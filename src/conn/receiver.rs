@@ -20,40 +20,40 @@ use crate::proto::message::{Direct, Message, OwnedMessage, Reader, Ready};
 
 /// A frame payload with at least this much still to come is read straight into the
 /// reassembly buffer rather than through the connection's read buffer.
-pub(crate) const DIRECT_READ_MIN: usize = 16 << 10;
+pub(super) const DIRECT_READ_MIN: usize = 16 << 10;
 
 /// The receive state: the read buffer with its cursors and the protocol reader.
 pub(crate) struct RxState {
-    pub(crate) buf: ReadBuf,
-    pub(crate) start: usize,
-    pub(crate) end: usize,
-    pub(crate) reader: Reader,
+    pub(super) buf: ReadBuf,
+    pub(super) start: usize,
+    pub(super) end: usize,
+    pub(super) reader: Reader,
     /// Where read buffers come from (and go back to while the connection is idle).
-    pub(crate) pool: Rc<BufferPool>,
+    pub(super) pool: Rc<BufferPool>,
     /// The last read did not fill the buffer (the socket is probably drained): the next
     /// wait, if the buffer is empty, is a readiness poll that pins no buffer.
-    pub(crate) drained: bool,
+    pub(super) drained: bool,
     /// The last message was large and went out with `recv_owned`: read into heap buffers,
     /// which the next such message can take with it instead of being copied out.
-    pub(crate) heap_reads: bool,
+    pub(super) heap_reads: bool,
     /// The peer's close frame, once received.
-    pub(crate) peer_close: Option<(CloseCode, String)>,
+    pub(super) peer_close: Option<(CloseCode, String)>,
     /// The receive side ended (close received, protocol error, or EOF).
-    pub(crate) finished: bool,
+    pub(super) finished: bool,
     /// A read in flight. It lives here, not in the `recv` future, so that a `recv` dropped
     /// mid-read (a `select!` branch that lost) loses no bytes: the next call resumes it.
-    pub(crate) pending: Option<Pending>,
+    pub(super) pending: Option<Pending>,
 }
 
 /// A read in flight with the buffer it reads into (which the read owns until it completes).
-pub(crate) struct Pending {
-    pub(crate) read: Pin<Box<dyn Future<Output = Filled>>>,
+pub(super) struct Pending {
+    pub(super) read: Pin<Box<dyn Future<Output = Filled>>>,
     /// It reads into a heap buffer checked out of the pool.
-    pub(crate) heap: bool,
+    pub(super) heap: bool,
 }
 
 /// A completed read: the result, the buffer, and how many bytes it could have read.
-pub(crate) enum Filled {
+pub(super) enum Filled {
     /// Into the read buffer.
     Buf(std::io::Result<usize>, ReadBuf, usize),
     /// Into the reader's reassembly buffer (a large frame's payload).
@@ -74,7 +74,7 @@ impl Drop for RxState {
 }
 
 /// What one step of the receive loop found.
-pub(crate) enum Got {
+pub(super) enum Got {
     /// A data message is ready at `base`.
     Data(usize, Ready),
     /// The stream ended (close received, error handled, or EOF).
@@ -115,7 +115,7 @@ impl RxState {
     ///
     /// The read itself is kept in `pending` until it completes (see [`RxState::pending`]);
     /// a call that finds one resumes it.
-    pub(crate) async fn fill(&mut self, conn: &Rc<Conn>) -> bool {
+    pub(super) async fn fill(&mut self, conn: &Rc<Conn>) -> bool {
         if self.pending.is_none() && !self.start_read(conn).await {
             return false;
         }
@@ -145,7 +145,7 @@ impl RxState {
 
     /// Makes room and starts the next read into `pending`. Returns false when the buffer
     /// has no room (which the reader never lets happen).
-    pub(crate) async fn start_read(&mut self, conn: &Rc<Conn>) -> bool {
+    pub(super) async fn start_read(&mut self, conn: &Rc<Conn>) -> bool {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -196,7 +196,7 @@ impl RxState {
     }
 
     /// Records a read of at most `room` bytes: the bytes read, or `None` at EOF or on an error.
-    pub(crate) fn note_read(
+    pub(super) fn note_read(
         &mut self,
         conn: &Conn,
         res: std::io::Result<usize>,
@@ -221,7 +221,7 @@ impl RxState {
     /// changed) for a registered buffer, which must go back to the ring; when more bytes
     /// follow the message than it holds (copying the message out is then cheaper); and when
     /// the message fills less than half the buffer (which it would keep alive with it).
-    pub(crate) fn take_read_buffer(&mut self, range: Range<usize>) -> Option<Bytes> {
+    pub(super) fn take_read_buffer(&mut self, range: Range<usize>) -> Option<Bytes> {
         if self.end - self.start > range.len() || range.len() * 2 < self.buf.capacity() {
             return None;
         }
@@ -248,7 +248,7 @@ impl RxState {
 
     /// Gives a reassembly buffer larger than a read buffer back to the pool (none while a
     /// message is in progress).
-    pub(crate) fn release_large(&mut self) {
+    pub(super) fn release_large(&mut self) {
         if let Some(large) = self.reader.take_buffer(self.pool.size()) {
             self.pool.put_large(large);
         }
@@ -256,7 +256,7 @@ impl RxState {
 
     /// Starts reading the next bytes of a large frame's payload straight into the reader's
     /// reassembly buffer (at most `room`, never past the frame).
-    pub(crate) fn start_direct(&mut self, conn: &Rc<Conn>, direct: Direct) {
+    pub(super) fn start_direct(&mut self, conn: &Rc<Conn>, direct: Direct) {
         let Direct {
             buf: mut payload,
             mut room,
@@ -287,7 +287,7 @@ impl RxState {
     ///
     /// Cancellation safe: dropped at any await, it leaves the state consistent, and a read it
     /// started stays in `pending` for the next call.
-    pub(crate) async fn next(&mut self, conn: &Rc<Conn>, deliver: bool) -> Result<Got> {
+    pub(super) async fn next(&mut self, conn: &Rc<Conn>, deliver: bool) -> Result<Got> {
         loop {
             if self.finished {
                 return Ok(Got::End);
@@ -350,7 +350,7 @@ impl RxState {
     }
 
     /// The stream ended (EOF or a read error).
-    pub(crate) fn read_ended(&mut self, conn: &Conn) -> Result<Got> {
+    pub(super) fn read_ended(&mut self, conn: &Conn) -> Result<Got> {
         self.finished = true;
         if conn.close_queued() {
             // We closed first and the peer hung up: that ends the handshake.
@@ -361,15 +361,15 @@ impl RxState {
     }
 
     /// Reads and discards messages until the peer's close frame or the end of the stream.
-    pub(crate) async fn drain(&mut self, conn: &Rc<Conn>) {
+    pub(super) async fn drain(&mut self, conn: &Rc<Conn>) {
         while let Ok(Got::Data(..)) = self.next(conn, false).await {}
     }
 }
 
 /// The receiving half of a WebSocket.
 pub struct Receiver {
-    pub(crate) conn: Rc<Conn>,
-    pub(crate) state: RxState,
+    pub(super) conn: Rc<Conn>,
+    pub(super) state: RxState,
 }
 
 impl Receiver {
@@ -494,7 +494,7 @@ impl Drop for Receiver {
 }
 
 /// A data message's payload as the owned message of its kind.
-pub(crate) fn owned_data(ready: Ready, payload: Bytes) -> OwnedMessage {
+pub(super) fn owned_data(ready: Ready, payload: Bytes) -> OwnedMessage {
     match ready.opcode() {
         OpCode::Text => OwnedMessage::Text(payload),
         _ => OwnedMessage::Binary(payload),

@@ -69,7 +69,7 @@ use crate::proto::message::{Message, OwnedMessage};
 /// ```
 #[derive(Clone)]
 pub struct Sender {
-    pub(crate) conn: Rc<Conn>,
+    pub(super) conn: Rc<Conn>,
 }
 
 impl Sender {
@@ -173,7 +173,7 @@ impl Sender {
         self.conn.data()
     }
 
-    pub(crate) fn control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+    pub(super) fn control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
         if payload.len() > MAX_CONTROL_PAYLOAD {
             return Err(Error::ControlTooLong);
         }

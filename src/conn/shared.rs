@@ -30,11 +30,11 @@ use crate::proto::frame::{encode_header, write_frame, OpCode, MAX_HEADER_LEN};
 
 /// Payloads of at least this many bytes sent as `Bytes` are written from where they are
 /// rather than copied into the send queue (and their buffers go back to the pool after).
-pub(crate) const SHARE_MIN: usize = LARGE_MIN;
+pub(super) const SHARE_MIN: usize = LARGE_MIN;
 
 /// A socket descriptor borrowed from the connection's stream, for readiness polling only.
 /// It never closes the descriptor.
-pub(crate) struct SocketFd(std::os::fd::RawFd);
+pub(super) struct SocketFd(std::os::fd::RawFd);
 
 impl std::os::fd::AsRawFd for SocketFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
@@ -49,42 +49,42 @@ pub(crate) type MaskFn = Box<dyn FnMut() -> [u8; 4]>;
 pub(crate) struct Conn {
     /// Epoll readiness of the socket, registered on first use. Declared before `stream` so
     /// that it is deregistered before the descriptor closes (a closed number can be reused).
-    pub(crate) readiness: OnceCell<Option<AsyncFd<SocketFd>>>,
+    pub(super) readiness: OnceCell<Option<AsyncFd<SocketFd>>>,
     pub(crate) stream: TcpStream,
-    pub(crate) outbox: RefCell<Outbox>,
+    pub(super) outbox: RefCell<Outbox>,
     /// Wakes the writer when something is queued.
-    pub(crate) wake_writer: WriterSignal,
+    pub(super) wake_writer: WriterSignal,
     /// The connection task is polling the application's handler (see [`Corked`]).
-    pub(crate) in_handler: Cell<bool>,
+    pub(super) in_handler: Cell<bool>,
     /// Frames were queued during that poll and the writer was not told yet.
-    pub(crate) corked: Cell<bool>,
+    pub(super) corked: Cell<bool>,
     /// A write submitted by the connection task, for the writer to finish.
-    pub(crate) handed: RefCell<Option<Handed>>,
+    pub(super) handed: RefCell<Option<Handed>>,
     /// Wakes senders when queue space frees up, and waiters for the writer's end.
-    pub(crate) progress: Notify,
+    pub(super) progress: Notify,
     /// Wakes the watchdog when the phase or deadline changes.
-    pub(crate) wake_watchdog: Notify,
+    pub(super) wake_watchdog: Notify,
     pub(crate) phase: Cell<Phase>,
     /// When the phase began (handshake, closing) or the last byte arrived (open).
     pub(crate) last_activity: Cell<Instant>,
     /// A close frame from the peer was received.
-    pub(crate) close_received: Cell<bool>,
+    pub(super) close_received: Cell<bool>,
     /// The high-water mark of the send queue, in bytes.
-    pub(crate) send_limit: usize,
-    pub(crate) timeouts: Timeouts,
+    pub(super) send_limit: usize,
+    pub(super) timeouts: Timeouts,
     /// Receive state handed back when the receiver is dropped, for the closing handshake.
     /// (Boxed: every connection carries the slot, few ever fill it.)
-    pub(crate) returned_rx: RefCell<Option<Box<RxState>>>,
+    pub(super) returned_rx: RefCell<Option<Box<RxState>>>,
     /// Signalled when the receiver is dropped.
-    pub(crate) rx_dropped: Notify,
+    pub(super) rx_dropped: Notify,
     /// Set once, when the handshake completes.
     pub(crate) info: OnceCell<ConnectionInfo>,
     /// Source of mask keys for the client role.
-    pub(crate) mask: Option<RefCell<MaskFn>>,
+    pub(super) mask: Option<RefCell<MaskFn>>,
     /// The thread's buffers: large write buffers are recycled through it.
-    pub(crate) pool: Rc<BufferPool>,
+    pub(super) pool: Rc<BufferPool>,
     /// The application's per-connection data (see [`Sender::set_data`]).
-    pub(crate) data: RefCell<Option<Rc<dyn Any>>>,
+    pub(super) data: RefCell<Option<Rc<dyn Any>>>,
 }
 
 impl Conn {
@@ -121,7 +121,7 @@ impl Conn {
 
     /// The socket's readiness registration with the runtime's epoll driver, created on first
     /// use; `None` when registration failed (reads then always pin a buffer).
-    pub(crate) fn readiness(&self) -> Option<&AsyncFd<SocketFd>> {
+    pub(super) fn readiness(&self) -> Option<&AsyncFd<SocketFd>> {
         self.readiness
             .get_or_init(|| {
                 let fd = SocketFd(std::os::fd::AsRawFd::as_raw_fd(&self.stream));
@@ -148,7 +148,7 @@ impl Conn {
     }
 
     /// Facts about the connection (empty before the handshake completes).
-    pub(crate) fn info(&self) -> &ConnectionInfo {
+    pub(super) fn info(&self) -> &ConnectionInfo {
         static EMPTY: ConnectionInfo = ConnectionInfo {
             peer_addr: None,
             path: String::new(),
@@ -166,7 +166,7 @@ impl Conn {
         self.wake_watchdog.notify_one();
     }
 
-    pub(crate) fn mask_key(&self) -> Option<[u8; 4]> {
+    pub(super) fn mask_key(&self) -> Option<[u8; 4]> {
         self.mask.as_ref().map(|m| (m.borrow_mut())())
     }
 
@@ -178,18 +178,18 @@ impl Conn {
     }
 
     /// Whether a close frame was queued by this side.
-    pub(crate) fn close_queued(&self) -> bool {
+    pub(super) fn close_queued(&self) -> bool {
         self.outbox.borrow().close_queued
     }
 
     /// Whether the write side failed.
-    pub(crate) fn write_failed(&self) -> bool {
+    pub(super) fn write_failed(&self) -> bool {
         self.outbox.borrow().failed
     }
 
     /// Queues a control frame: ping and pong ahead of queued data, close behind it.
     /// Refused after a close was queued.
-    pub(crate) fn queue_control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+    pub(super) fn queue_control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
         let mut ob = self.outbox.borrow_mut();
         if ob.close_queued || ob.failed {
             return Err(Error::Closed);
@@ -232,7 +232,7 @@ impl Conn {
     }
 
     /// Queues a data frame, waiting while the queue is above the high-water mark.
-    pub(crate) async fn queue_data(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+    pub(super) async fn queue_data(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
         self.wait_to_queue().await?;
         self.encode_data(opcode, payload);
         Ok(())
@@ -240,7 +240,7 @@ impl Conn {
 
     /// Queues a data frame whose payload is shared rather than copied when it is large (and
     /// the frame is not masked), waiting while the queue is above the high-water mark.
-    pub(crate) async fn queue_shared(&self, opcode: OpCode, payload: Bytes) -> Result<()> {
+    pub(super) async fn queue_shared(&self, opcode: OpCode, payload: Bytes) -> Result<()> {
         self.wait_to_queue().await?;
         if payload.len() < SHARE_MIN || self.mask.is_some() {
             self.encode_data(opcode, &payload);
@@ -263,7 +263,7 @@ impl Conn {
 
     /// Waits while the queue is above the high-water mark; fails once the connection is
     /// closing or failed.
-    pub(crate) async fn wait_to_queue(&self) -> Result<()> {
+    pub(super) async fn wait_to_queue(&self) -> Result<()> {
         loop {
             {
                 let ob = self.outbox.borrow();
@@ -282,7 +282,7 @@ impl Conn {
     }
 
     /// Encodes a data frame (copying the payload) at the end of the queue.
-    pub(crate) fn encode_data(&self, opcode: OpCode, payload: &[u8]) {
+    pub(super) fn encode_data(&self, opcode: OpCode, payload: &[u8]) {
         let key = self.mask_key();
         let mut ob = self.outbox.borrow_mut();
         let need = ob.data.len() + payload.len() + MAX_HEADER_LEN;
@@ -304,7 +304,7 @@ impl Conn {
     /// Tells the writer that frames were queued: at once, or, while the connection task
     /// polls the handler, when that poll ends (so that every reply it produced goes out in
     /// one write).
-    pub(crate) fn queued(&self) {
+    pub(super) fn queued(&self) {
         if self.in_handler.get() {
             self.corked.set(true);
         } else {
@@ -316,7 +316,7 @@ impl Conn {
     /// is idle, submits their write here, registered with the writer's waker, so that the
     /// writer runs once, when the write completes, instead of also once to start it.
     /// Otherwise wakes the writer.
-    pub(crate) fn flush_corked(&self) {
+    pub(super) fn flush_corked(&self) {
         if !self.corked.replace(false) {
             return;
         }
@@ -346,7 +346,7 @@ impl Conn {
     /// Waits while more than the send-queue limit (control frames included) is pending, so
     /// that a peer that sends pings but never reads cannot make the pong queue grow without
     /// bound: the receive side stops reading until the writer drains.
-    pub(crate) async fn wait_for_room(&self) {
+    pub(super) async fn wait_for_room(&self) {
         loop {
             {
                 let ob = self.outbox.borrow();
@@ -363,13 +363,13 @@ impl Conn {
     }
 
     /// Bytes queued or being written: encoded frames, headers included.
-    pub(crate) fn buffered(&self) -> usize {
+    pub(super) fn buffered(&self) -> usize {
         let ob = self.outbox.borrow();
         ob.data.len() + ob.chunks_len + ob.control.len() + ob.in_flight
     }
 
     /// Waits until everything queued has been written to the socket.
-    pub(crate) async fn flush(&self) -> Result<()> {
+    pub(super) async fn flush(&self) -> Result<()> {
         loop {
             if self.outbox.borrow().failed {
                 return Err(Error::ConnectionLost);
@@ -383,13 +383,13 @@ impl Conn {
     }
 
     /// The application's data of type `T`, if it set some.
-    pub(crate) fn data<T: 'static>(&self) -> Option<Rc<T>> {
+    pub(super) fn data<T: 'static>(&self) -> Option<Rc<T>> {
         let data = self.data.borrow().clone()?;
         data.downcast().ok()
     }
 
     /// Waits until the writer has stopped (after writing a close frame, or on an error).
-    pub(crate) async fn writer_finished(&self) {
+    pub(super) async fn writer_finished(&self) {
         while !self.outbox.borrow().writer_done {
             self.progress.notified().await;
         }
@@ -397,7 +397,7 @@ impl Conn {
 
     /// Stops the writer once it has written what is queued (used when no close frame will
     /// be sent, e.g. after the peer vanished).
-    pub(crate) fn stop_writer(&self) {
+    pub(super) fn stop_writer(&self) {
         let mut ob = self.outbox.borrow_mut();
         ob.close_queued = true;
         drop(ob);

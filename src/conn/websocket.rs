@@ -59,8 +59,8 @@ use crate::proto::message::{Message, OwnedMessage};
 /// # Ok::<(), uringws::Error>(())
 /// ```
 pub struct WebSocket {
-    pub(crate) rx: Receiver,
-    pub(crate) tx: Sender,
+    pub(super) rx: Receiver,
+    pub(super) tx: Sender,
 }
 
 impl WebSocket {

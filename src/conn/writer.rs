@@ -14,10 +14,10 @@ use crate::conn::buffers::LARGE_MIN;
 use crate::conn::{outbox::Handed, shared::Conn};
 
 /// Buffers in one vectored write, well under the kernel's `UIO_MAXIOV` (1024).
-pub(crate) const MAX_IOVECS: usize = 256;
+pub(super) const MAX_IOVECS: usize = 256;
 
 /// The write buffers are released after a write when they grew past this capacity.
-pub(crate) const KEEP_WRITE_CAPACITY: usize = 256 << 10;
+pub(super) const KEEP_WRITE_CAPACITY: usize = 256 << 10;
 
 /// The writer task: one write in flight at a time, control frames first, every queued frame
 /// coalesced into one `write_all`. A write the connection task started for it (see
@@ -72,7 +72,7 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
 
 /// After one write of a batch: writes what it left (a partial write, rare), keeps the buffer
 /// and finishes the write as [`finish_write`] does.
-pub(crate) async fn finish_batch(conn: &Conn, done: BufResult<usize, Vec<u8>>) -> bool {
+pub(super) async fn finish_batch(conn: &Conn, done: BufResult<usize, Vec<u8>>) -> bool {
     let (res, buf) = match done {
         (Ok(n), buf) if n == buf.len() => (Ok(()), buf),
         // Boxed: the writer's future, which every idle connection holds, stays small.
@@ -108,7 +108,7 @@ pub(crate) async fn corked<F: Future>(conn: &Conn, handler: F) -> F::Output {
 }
 
 /// After a single write of `buf` that wrote `res` bytes, writes the rest, as `write_all`.
-pub(crate) async fn write_rest(
+pub(super) async fn write_rest(
     conn: &Conn,
     (res, buf): BufResult<usize, Vec<u8>>,
 ) -> BufResult<(), Vec<u8>> {
@@ -124,7 +124,7 @@ pub(crate) async fn write_rest(
 }
 
 /// Keeps a written batch buffer for the next batch, or gives a large one to the pool.
-pub(crate) fn keep_spare(conn: &Conn, buf: Vec<u8>) {
+pub(super) fn keep_spare(conn: &Conn, buf: Vec<u8>) {
     if buf.capacity() > KEEP_WRITE_CAPACITY {
         conn.pool.put_large(buf);
     } else {
@@ -134,7 +134,7 @@ pub(crate) fn keep_spare(conn: &Conn, buf: Vec<u8>) {
 
 /// After a write: on success wakes waiting senders and returns true; on failure marks the
 /// connection failed, drops the queue, shuts the socket down and returns false.
-pub(crate) fn finish_write(conn: &Conn, res: std::io::Result<()>) -> bool {
+pub(super) fn finish_write(conn: &Conn, res: std::io::Result<()>) -> bool {
     let mut ob = conn.outbox.borrow_mut();
     ob.in_flight = 0;
     if let Err(e) = res {
@@ -157,7 +157,7 @@ pub(crate) fn finish_write(conn: &Conn, res: std::io::Result<()>) -> bool {
 
 /// Takes everything queued, in order, when shared payloads are among it: control frames,
 /// the chunks, then the data frames queued after them. Empty when no chunk is queued.
-pub(crate) fn take_chunks(conn: &Conn) -> Vec<Bytes> {
+pub(super) fn take_chunks(conn: &Conn) -> Vec<Bytes> {
     let mut ob = conn.outbox.borrow_mut();
     if ob.chunks.is_empty() {
         return Vec::new();
@@ -179,7 +179,7 @@ pub(crate) fn take_chunks(conn: &Conn) -> Vec<Bytes> {
 
 /// Writes `parts` in order with vectored writes (at most `MAX_IOVECS` at a time), resuming
 /// after partial writes. Large payload buffers that nobody else holds go back to the pool.
-pub(crate) async fn write_chunks(conn: &Conn, mut parts: Vec<Bytes>) -> std::io::Result<()> {
+pub(super) async fn write_chunks(conn: &Conn, mut parts: Vec<Bytes>) -> std::io::Result<()> {
     parts.reverse();
     while !parts.is_empty() {
         let batch: Vec<Bytes> = parts.iter().rev().take(MAX_IOVECS).cloned().collect();
