@@ -42,7 +42,7 @@ RUN cargo build --release --locked --bin uringws \
 # builder's default seccomp profile, which blocks io_uring. Run them with the profile:
 #   docker run --rm --security-opt seccomp=docker/seccomp-io_uring.json uringws-test
 FROM builder AS test
-COPY Cargo.toml ./
+COPY Cargo.toml README.md ./
 COPY benches ./benches
 COPY examples ./examples
 COPY tests ./tests
