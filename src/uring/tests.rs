@@ -1,0 +1,201 @@
+//! The driver over real sockets: echo, ring exhaustion, and operations dropped mid-flight.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use super::ops::{recv_into, send, shutdown, Received};
+use super::{driver, AcceptMulti, RecvMulti, RingConfig, Runtime};
+
+fn runtime(buffers: u16, size: usize) -> Runtime {
+    Runtime::new(RingConfig {
+        entries: 64,
+        buffers,
+        buffer_size: size,
+    })
+    .expect("io_uring")
+}
+
+/// A connected pair: (the side the test drives with std, the side the driver uses).
+fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (c, s)
+}
+
+fn live() -> usize {
+    driver().borrow().live()
+}
+
+fn out() -> usize {
+    driver().borrow().bufs.out()
+}
+
+/// Lets the loop turn a few times (submissions go out, completions come in).
+async fn turns() {
+    for _ in 0..5 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[test]
+fn accept_receive_and_send_echo() {
+    let rt = runtime(8, 4096);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"hello, ring").unwrap();
+        let mut back = [0u8; 11];
+        c.read_exact(&mut back).unwrap();
+        back
+    });
+    rt.block_on(async {
+        let mut accepts = AcceptMulti::new(listener.as_raw_fd()).unwrap();
+        let conn = accepts.accept().await.unwrap().unwrap();
+        let fd = conn.as_raw_fd();
+        let mut recv = RecvMulti::new(fd).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 11 {
+            match recv.recv().await {
+                Received::Data(buf) => got.extend_from_slice(&buf),
+                other => panic!("unexpected {}", name(&other)),
+            }
+        }
+        let (c, _) = send(fd, got).unwrap().await;
+        assert_eq!(c.io().unwrap(), 11);
+        drop(recv);
+        drop(accepts);
+        turns().await;
+        assert_eq!(live(), 0, "every operation ended");
+        assert_eq!(out(), 0, "every buffer is back in the ring");
+    });
+    assert_eq!(&client.join().unwrap(), b"hello, ring");
+}
+
+fn name(r: &Received) -> &'static str {
+    match r {
+        Received::Data(_) => "data",
+        Received::Eof => "eof",
+        Received::Rearm => "rearm",
+        Received::Err(_) => "error",
+    }
+}
+
+#[test]
+fn an_exhausted_ring_ends_the_receive_without_losing_bytes() {
+    // 4 buffers of 64 bytes; 4 KiB arrive while the test holds every buffer it gets.
+    let rt = runtime(4, 64);
+    let (mut peer, conn) = pair();
+    let sent: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    let data = sent.clone();
+    let writer = std::thread::spawn(move || peer.write_all(&data).map(|_| peer));
+    rt.block_on(async {
+        let fd = conn.as_raw_fd();
+        let mut got = Vec::new();
+        let mut rearms = 0;
+        while got.len() < sent.len() {
+            let mut recv = RecvMulti::new(fd).unwrap();
+            let mut held = Vec::new();
+            loop {
+                match recv.recv().await {
+                    Received::Data(buf) => held.push(buf),
+                    Received::Rearm => {
+                        rearms += 1;
+                        break;
+                    }
+                    other => panic!("unexpected {}", name(&other)),
+                }
+                if got.len() + held.iter().map(|b| b.len()).sum::<usize>() == sent.len() {
+                    break;
+                }
+            }
+            for b in held {
+                got.extend_from_slice(&b);
+            }
+        }
+        assert!(rearms > 0, "the ring never ran out");
+        assert!(got == sent, "bytes lost or reordered");
+        turns().await;
+        assert_eq!(out(), 0);
+    });
+    writer.join().unwrap().unwrap();
+}
+
+#[test]
+fn an_operation_dropped_in_flight_keeps_its_buffer_until_it_completes() {
+    let rt = runtime(4, 1024);
+    let (mut peer, conn) = pair();
+    rt.block_on(async {
+        let fd = conn.as_raw_fd();
+        // A single-shot receive into our own buffer, dropped before any data: the kernel may
+        // still write into the buffer, which the driver now keeps.
+        let op = recv_into(fd, Vec::with_capacity(4096)).unwrap();
+        turns().await;
+        drop(op);
+        assert_eq!(live(), 1, "the driver keeps the orphaned receive");
+        peer.write_all(b"late bytes").unwrap();
+        turns().await;
+        assert_eq!(
+            live(),
+            0,
+            "the orphan's completion (or cancellation) freed it"
+        );
+        // A multishot receive dropped with data queued gives its buffers back.
+        let mut recv = RecvMulti::new(fd).unwrap();
+        peer.write_all(b"more bytes").unwrap();
+        turns().await;
+        // Whatever the orphan did not take arrives here.
+        let first = recv.try_recv();
+        let _ = first.map(|r| assert!(matches!(r, Received::Data(_))));
+        peer.write_all(b"queued, never read").unwrap();
+        turns().await;
+        assert!(out() <= 2);
+        drop(recv);
+        turns().await;
+        assert_eq!(live(), 0);
+        assert_eq!(out(), 0, "a dropped receive gave its buffers back");
+    });
+}
+
+#[test]
+fn shutdown_ends_a_pending_receive() {
+    let rt = runtime(4, 1024);
+    let (_peer, conn) = pair();
+    rt.block_on(async {
+        let fd = conn.as_raw_fd();
+        let mut recv = RecvMulti::new(fd).unwrap();
+        let (c, ()) = shutdown(fd, libc::SHUT_RDWR).unwrap().await;
+        c.io().unwrap();
+        assert!(matches!(recv.recv().await, Received::Eof));
+    });
+}
+
+#[test]
+fn dropping_the_runtime_with_operations_in_flight_does_not_hang() {
+    let (_peer, conn) = pair();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let rt = runtime(4, 1024);
+    rt.block_on(async {
+        let fd = conn.as_raw_fd();
+        let lfd = listener.as_raw_fd();
+        tokio::task::spawn_local(async move {
+            let mut r = RecvMulti::new(fd).unwrap();
+            let _ = r.recv().await;
+        });
+        tokio::task::spawn_local(async move {
+            let mut a = AcceptMulti::new(lfd).unwrap();
+            let _ = a.accept().await;
+        });
+        let op = recv_into(fd, Vec::with_capacity(64)).unwrap();
+        turns().await;
+        drop(op);
+    });
+    let start = std::time::Instant::now();
+    drop(rt);
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
