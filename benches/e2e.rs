@@ -36,7 +36,7 @@ fn bench(c: &mut Criterion) {
     let (Some(server), Some(owned)) = (echo_server(false), echo_server(true)) else {
         return;
     };
-    let rt = tokio_uring::Runtime::new(&tokio_uring::builder()).expect("io_uring runtime");
+    let rt = uringws::client::Runtime::new().expect("io_uring runtime");
     let mut group = c.benchmark_group("e2e_echo");
     group
         .measurement_time(Duration::from_secs(3))

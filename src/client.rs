@@ -22,8 +22,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::uring::{recv_append, TcpStream};
 use rand::{Rng, SeedableRng};
-use tokio_uring::net::TcpStream;
 
 use crate::conn::buffers::{BufferPool, ReadBuf};
 use crate::conn::{finish, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, Timeouts};
@@ -34,16 +34,38 @@ use crate::proto::handshake::{self, HeadScanner};
 use crate::proto::message::{Reader, ReaderConfig, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
 use crate::server::WebSocket;
 
-/// Runs `future` on a new tokio-uring runtime on this thread, for programs that are only
-/// clients. Fails with [`Error::IoUringUnavailable`] when io_uring cannot be set up.
+/// Runs `future` on a new [`Runtime`] on this thread, for programs that are only clients.
+/// Fails with [`Error::IoUringUnavailable`] when io_uring cannot be set up.
 pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
-    crate::error::check_kernel()?;
-    let rt = crate::uring::runtime().map_err(|e| io_uring_unavailable(&e))?;
-    Ok(rt.block_on(future))
+    Ok(Runtime::new()?.block_on(future))
+}
+
+/// An io_uring runtime for client programs, to run many futures on one thread: a tokio
+/// current-thread runtime (timers, channels, `tokio::task::spawn_local`) with the thread's
+/// ring and 64 receive buffers of 64 KiB + 64 bytes.
+pub struct Runtime(crate::uring::Runtime);
+
+impl Runtime {
+    /// Sets the ring up. Fails with [`Error::IoUringUnavailable`] when io_uring cannot be.
+    pub fn new() -> Result<Runtime> {
+        crate::error::check_kernel()?;
+        let rt = crate::uring::Runtime::new(crate::uring::RingConfig {
+            entries: 256,
+            buffers: 64,
+            buffer_size: (64 << 10) + 64,
+        })
+        .map_err(|e| io_uring_unavailable(&e))?;
+        Ok(Runtime(rt))
+    }
+
+    /// Runs `future` to completion on this thread.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.0.block_on(future)
+    }
 }
 
 /// Connects to `url` (`ws://host[:port][/path][?query]`) with the default [`Connector`].
-/// Must run inside a tokio-uring runtime (see [`block_on`]).
+/// Must run inside an uringws runtime: [`block_on`], or a server's handler.
 pub async fn connect(url: &str) -> Result<WebSocket> {
     Connector::new().connect(url).await
 }
@@ -303,7 +325,7 @@ impl Connector {
             &mut request,
         )
         .map_err(|e| Error::Config(e.to_string()))?;
-        let pool = Rc::new(BufferPool::new(0, self.read_buffer_size));
+        let pool = Rc::new(BufferPool::new(self.read_buffer_size));
         let conn = Conn::new(
             stream,
             self.send_queue_limit,
@@ -311,17 +333,17 @@ impl Connector {
             Some(Box::new(move || rng.gen())),
             pool.clone(),
         );
-        tokio_uring::spawn(watchdog(conn.clone()));
+        tokio::task::spawn_local(watchdog(conn.clone()));
         let (res, _) = conn.stream.write_all(request).await;
         if let Err(e) = res {
             conn.set_phase(Phase::Done);
             return Err(Error::Io(e));
         }
-        let mut buf = ReadBuf::heap(self.read_buffer_size);
-        let mut scanner = HeadScanner::new(handshake::DEFAULT_MAX_REQUEST.min(buf.capacity()));
-        let mut end = 0;
+        let mut recv = None;
+        let mut head = Vec::new();
+        let mut scanner = HeadScanner::new(handshake::DEFAULT_MAX_REQUEST);
         let head_len = loop {
-            match scanner.scan(&buf.bytes()[..end]) {
+            match scanner.scan(&head) {
                 Ok(Some(n)) => break n,
                 Ok(None) => {}
                 Err(_) => {
@@ -331,8 +353,8 @@ impl Connector {
                     ));
                 }
             }
-            match buf.read_at(&conn.stream, end).await {
-                Ok(0) => {
+            match recv_append(&mut recv, &conn.stream, &mut head).await {
+                Ok(false) => {
                     let timed_out = conn.phase.get() == Phase::Handshake
                         && conn.last_activity.get().elapsed() >= self.timeouts.handshake;
                     conn.set_phase(Phase::Done);
@@ -349,22 +371,21 @@ impl Connector {
                         },
                     )));
                 }
-                Ok(n) => end += n,
+                Ok(true) => {}
                 Err(e) => {
                     conn.set_phase(Phase::Done);
                     return Err(Error::Io(e));
                 }
             }
         };
-        let response =
-            match handshake::check_response(&buf.bytes()[..head_len], &key, &protocols, &[]) {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-                    conn.set_phase(Phase::Done);
-                    return Err(Error::Handshake(e));
-                }
-            };
+        let response = match handshake::check_response(&head[..head_len], &key, &protocols, &[]) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                conn.set_phase(Phase::Done);
+                return Err(Error::Handshake(e));
+            }
+        };
         let info = ConnectionInfo {
             peer_addr: Some(peer),
             path: url.resource.split('?').next().unwrap_or("/").to_owned(),
@@ -381,13 +402,14 @@ impl Connector {
         let reader = Reader::new(ReaderConfig {
             max_frame: self.max_frame,
             max_message: self.max_message,
-            inline_limit: buf.capacity(),
+            inline_limit: self.read_buffer_size,
             ..ReaderConfig::new(Role::Client)
         });
-        let state = RxState::new(buf, head_len, end, reader, pool);
+        let end = head.len();
+        let state = RxState::new(ReadBuf::Heap(head), head_len, end, reader, pool, recv);
         conn.set_phase(Phase::Open);
-        tokio_uring::spawn(writer(conn.clone()));
-        tokio_uring::spawn(closer(conn.clone()));
+        tokio::task::spawn_local(writer(conn.clone()));
+        tokio::task::spawn_local(closer(conn.clone()));
         Ok(WebSocket::new(conn, state))
     }
 }

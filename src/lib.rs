@@ -23,6 +23,9 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod cli;
 pub mod client;
 mod conn;
 mod error;

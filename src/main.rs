@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use uringws::{HttpResponse, Server};
 
-mod load;
+use uringws::cli::load;
 
 #[derive(Parser)]
 #[command(name = "uringws", version, about = "io_uring WebSocket server tools")]
@@ -50,7 +50,7 @@ struct EchoArgs {
     /// Read buffer per connection in bytes.
     #[arg(long, default_value_t = (64 << 10) + 64)]
     read_buffer: usize,
-    /// Registered read buffers per thread (at most 1024).
+    /// Receive buffers in each thread's provided-buffer ring (a power of two, at most 32768).
     #[arg(long, default_value_t = 128)]
     registered_buffers: usize,
     /// Send queue high-water mark per connection in bytes.

@@ -82,7 +82,7 @@ fn flags_that_cannot_work_are_refused_by_name() {
     );
     refused(
         &["echo", "--addr", addr, "--registered-buffers", "5000"],
-        &["--registered-buffers 5000", "0 to 1024"],
+        &["--registered-buffers 5000", "power of two"],
     );
     refused(
         &["echo", "--addr", addr, "--read-buffer", "1000"],

@@ -239,7 +239,6 @@ fn invalid_settings_are_refused_by_name() {
             "ping_interval",
         ),
         (with(|c| c.send_queue_limit = 0), "send_queue_limit"),
-        (with(|c| c.accepts_in_flight = 0), "accepts_in_flight"),
         (
             with(|c| c.subprotocols = vec!["a b".into()]),
             "subprotocols",

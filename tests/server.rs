@@ -233,31 +233,28 @@ fn shared_payloads_keep_their_order_through_partial_writes() {
     // Not reading for a while: the server's socket buffer fills and its vectored writes
     // complete in parts.
     std::thread::sleep(Duration::from_millis(300));
-    for size in [payload.len(), 20_000] {
-        // Five data frames, and the ping somewhere among them (control frames go ahead of
-        // queued data).
-        let (mut order, mut pings) = (Vec::new(), 0);
-        while order.len() < 5 {
-            let f = c.read_frame().expect("a frame");
-            match f.opcode {
-                0x9 => pings += 1,
-                0x2 => {
-                    assert!(f.payload[..] == payload[..size], "{size} bytes intact");
-                    order.push("B".to_owned());
-                }
-                _ => order.push(String::from_utf8(f.payload).unwrap()),
+    // Ten data frames in order, and the two pings somewhere among them: control frames go
+    // ahead of queued data, so the second message's ping may overtake the first's frames
+    // when both messages were received before the first write started.
+    let (mut order, mut pings) = (Vec::new(), 0);
+    while order.len() < 10 || pings < 2 {
+        let f = c.read_frame().expect("a frame");
+        match f.opcode {
+            0x9 => pings += 1,
+            0x2 => {
+                let size = if order.len() < 5 { payload.len() } else { 20_000 };
+                assert!(f.payload[..] == payload[..size], "{size} bytes intact");
+                order.push("B".to_owned());
             }
+            _ => order.push(String::from_utf8(f.payload).unwrap()),
         }
-        assert_eq!(
-            order,
-            ["before", "B", "between", "B", "after"],
-            "size {size}"
-        );
-        assert!(pings <= 1);
-        if pings == 0 {
-            assert_eq!(c.read_frame().expect("the ping").opcode, 0x9);
-        }
+        assert!(pings <= 2);
     }
+    assert_eq!(
+        order,
+        ["before", "B", "between", "B", "after"].repeat(2),
+        "data frames in order"
+    );
     drop(c);
     server.shutdown().unwrap();
 }
@@ -269,7 +266,7 @@ fn frames_queued_from_other_tasks_and_after_awaits_go_out() {
     let handler = |ws: uringws::WebSocket| async move {
         let (mut rx, tx) = ws.split();
         let ticker = tx.clone();
-        tokio_uring::spawn(async move {
+        tokio::task::spawn_local(async move {
             for i in 0..3 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let _ = ticker.send_text(&format!("tick {i}")).await;

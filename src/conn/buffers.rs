@@ -1,20 +1,14 @@
-//! The per-thread pool of registered (fixed) read buffers, with a heap fallback.
-//!
-//! Each runtime thread registers `registered_buffers` buffers of `read_buffer_size` bytes with
-//! its ring (fewer when RLIMIT_MEMLOCK refuses that many).
-//! A connection checks one out while it has bytes to read and gives it back while idle; when
-//! the pool is empty (or registration was refused) it gets a plain heap buffer instead. The
-//! pool is never waited on. Reads into a registered buffer use `read_fixed`, which spares the kernel the
-//! page pinning of every read.
+//! A connection's receive buffers. Bytes arrive in buffers of the thread's provided-buffer
+//! ring (see `uring`), where frames are parsed in place; a frame that straddles two of them is
+//! gathered into a heap buffer from this per-thread pool, which keeps spare ones up to the
+//! recent peak demand. Large buffers (reassembled messages, shared payloads) are recycled
+//! through the pool too.
 
 use std::cell::{Cell, RefCell};
-use std::io;
 
 use bytes::Bytes;
 
-use tokio_uring::buf::fixed::{FixedBuf, FixedBufPool};
-use tokio_uring::buf::{BoundedBuf, IoBuf};
-use tokio_uring::net::TcpStream;
+use crate::uring::RecvBuf;
 
 /// Heap buffers always kept for reuse (beyond the registered ones), so that connections that
 /// go idle and wake up do not allocate a buffer each time.
@@ -40,7 +34,6 @@ const LARGE_SPARE_COUNT: usize = 64;
 /// peak, and a busy thread whose demand exceeds the registered buffers (measured: 1,000
 /// connections on one thread) reuses buffers instead of calling the allocator per message.
 pub(crate) struct BufferPool {
-    pool: Option<FixedBufPool<Vec<u8>>>,
     size: usize,
     spare: RefCell<Vec<Vec<u8>>>,
     /// Heap buffers checked out and not yet back.
@@ -55,35 +48,9 @@ pub(crate) struct BufferPool {
 }
 
 impl BufferPool {
-    /// Registers `count` buffers of `size` bytes with the current thread's ring. Must run
-    /// inside the tokio-uring runtime. When registration fails, every buffer is a heap buffer.
-    pub(crate) fn new(count: usize, size: usize) -> Self {
-        // Registered memory counts against RLIMIT_MEMLOCK (often 8 MiB in containers): on a
-        // refusal, try half as many buffers, down to 16, before falling back to the heap.
-        let mut count = count;
-        while count >= 16 {
-            let pool = FixedBufPool::new((0..count).map(|_| vec![0u8; size]));
-            match pool.register() {
-                Ok(()) => {
-                    return BufferPool::with(Some(pool), size);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, count, size, "buffer registration refused");
-                    count /= 2;
-                }
-            }
-        }
-        if count > 0 {
-            tracing::warn!(
-                "could not register read buffers of {size} bytes (RLIMIT_MEMLOCK?); using heap buffers"
-            );
-        }
-        BufferPool::with(None, size)
-    }
-
-    fn with(pool: Option<FixedBufPool<Vec<u8>>>, size: usize) -> Self {
+    /// A pool of heap buffers of `size` bytes.
+    pub(crate) fn new(size: usize) -> Self {
         BufferPool {
-            pool,
             size,
             spare: RefCell::default(),
             heap_out: Cell::new(0),
@@ -158,18 +125,9 @@ impl BufferPool {
         self.large_bytes.set(self.large_bytes.get() + cap);
     }
 
-    /// A buffer for one connection: registered when one is free, else from the heap.
+    /// A heap buffer of the read size (a spare one when there is one).
     pub(crate) fn checkout(&self) -> ReadBuf {
-        if let Some(fixed) = self.pool.as_ref().and_then(|p| p.try_next(self.size)) {
-            return ReadBuf::Fixed(fixed);
-        }
         self.heap(None)
-    }
-
-    /// A heap buffer of at least the read size (a kept large buffer first), for reads whose
-    /// buffer may be handed out with the message it holds ([`BufferPool::detach`]).
-    pub(crate) fn checkout_heap(&self) -> ReadBuf {
-        self.heap(self.take_large(self.size))
     }
 
     /// Counts a heap buffer out: `kept` if given, else a spare, else a new one.
@@ -183,15 +141,9 @@ impl BufferPool {
         }
     }
 
-    /// A checked-out heap buffer left for good (handed to the application with a message):
-    /// it no longer counts as out. It may come back later through [`BufferPool::put_large`].
-    pub(crate) fn detach(&self) {
-        self.heap_out.set(self.heap_out.get().saturating_sub(1));
-    }
-
-    /// Gives a buffer back: a registered one returns to the ring's pool when dropped, a heap
-    /// one is kept for reuse (within the recent peak demand) or freed; one of another size
-    /// (from [`BufferPool::checkout_heap`]) goes to the large buffers.
+    /// Gives a buffer back: a ring buffer returns to the ring when dropped; a heap one is kept
+    /// for reuse (within the recent peak demand) or freed, and one that grew past the read
+    /// size goes to the large buffers.
     pub(crate) fn checkin(&self, buf: ReadBuf) {
         let ReadBuf::Heap(v) = buf else { return };
         // Buffers made outside the pool (the client's first) count as if checked out.
@@ -215,15 +167,15 @@ impl BufferPool {
     }
 }
 
-/// A connection's read buffer; the connection keeps its own `start..end` cursors inside the
-/// initialised part (every byte up to `end` was read into it). Heap buffers are not zeroed:
-/// a read initialises what it fills.
+/// The buffer a connection parses in; the connection keeps its own `start..end` cursors
+/// inside its bytes.
 pub(crate) enum ReadBuf {
-    /// A registered buffer, read with `read_fixed`.
-    Fixed(FixedBuf),
-    /// A heap buffer, read with `read`; its length is the initialised part.
+    /// A buffer of the ring, as the kernel filled it (frames are parsed in place).
+    Ring(RecvBuf),
+    /// A heap buffer gathering a frame that straddled ring buffers; its length is the filled
+    /// part.
     Heap(Vec<u8>),
-    /// Transiently empty while a read owns the buffer.
+    /// None: the connection has nothing pending.
     Taken,
 }
 
@@ -233,51 +185,21 @@ impl ReadBuf {
         ReadBuf::Heap(Vec::with_capacity(size))
     }
 
-    /// The initialised bytes.
+    /// The filled bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
-            ReadBuf::Fixed(b) => b,
+            ReadBuf::Ring(b) => b,
             ReadBuf::Heap(v) => v,
             ReadBuf::Taken => &[],
         }
     }
 
-    /// The initialised bytes, mutably.
+    /// The filled bytes, mutably (payloads are unmasked in place).
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
-            ReadBuf::Fixed(b) => b,
+            ReadBuf::Ring(b) => b,
             ReadBuf::Heap(v) => v,
             ReadBuf::Taken => &mut [],
-        }
-    }
-
-    /// The buffer's capacity.
-    pub(crate) fn capacity(&self) -> usize {
-        match self {
-            ReadBuf::Fixed(b) => IoBuf::bytes_total(b),
-            // `Vec::with_capacity` gives exactly the capacity asked for.
-            ReadBuf::Heap(v) => v.capacity(),
-            ReadBuf::Taken => 0,
-        }
-    }
-
-    /// Reads from `stream` into `self[at..]`, returning the number of bytes read (0 at EOF).
-    pub(crate) async fn read_at(&mut self, stream: &TcpStream, at: usize) -> io::Result<usize> {
-        if at >= self.capacity() {
-            return Err(io::Error::other("read buffer is full"));
-        }
-        match std::mem::replace(self, ReadBuf::Taken) {
-            ReadBuf::Fixed(buf) => {
-                let (res, slice) = stream.read_fixed(buf.slice(at..)).await;
-                *self = ReadBuf::Fixed(slice.into_inner());
-                res
-            }
-            ReadBuf::Heap(buf) => {
-                let (res, slice) = stream.read(buf.slice(at..)).await;
-                *self = ReadBuf::Heap(slice.into_inner());
-                res
-            }
-            ReadBuf::Taken => Err(io::Error::other("read buffer lost")),
         }
     }
 }
@@ -300,7 +222,7 @@ mod tests {
 
     #[test]
     fn heap_buffers_are_reused_up_to_the_peak_demand() {
-        let pool = BufferPool::new(0, 1024);
+        let pool = BufferPool::new(1024);
         out_and_back(&pool, 300);
         // All 300 were out at once, so all 300 are kept.
         assert_eq!(spares(&pool), 300);
@@ -317,7 +239,7 @@ mod tests {
 
     #[test]
     fn large_buffers_are_kept_within_the_budget_best_fit_first() {
-        let pool = BufferPool::new(0, 1024);
+        let pool = BufferPool::new(1024);
         // Under 16 KiB: left to the allocator.
         pool.put_large(Vec::with_capacity(1024));
         assert!(pool.take_large(1).is_none());
@@ -342,34 +264,8 @@ mod tests {
     }
 
     #[test]
-    fn heap_checkouts_prefer_kept_large_buffers_and_detached_ones_stop_counting() {
-        let pool = BufferPool::new(0, 20 << 10);
-        pool.put_large(Vec::with_capacity(64 << 10));
-        let ReadBuf::Heap(first) = pool.checkout_heap() else {
-            panic!("a heap buffer")
-        };
-        assert_eq!(first.capacity(), 64 << 10, "the kept large buffer");
-        let second = pool.checkout_heap();
-        assert_eq!(second.capacity(), 20 << 10, "a fresh one of the read size");
-        assert_eq!(pool.heap_out.get(), 2);
-        // The first leaves with a message and comes back later as a large buffer; the second
-        // is checked in.
-        pool.detach();
-        pool.checkin(second);
-        assert_eq!(pool.heap_out.get(), 0);
-        assert_eq!(spares(&pool), 1);
-        pool.put_large(first);
-        // A checked-in heap buffer of another size goes to the large buffers.
-        let third = pool.checkout_heap();
-        assert_eq!(third.capacity(), 64 << 10);
-        pool.checkin(third);
-        assert_eq!(pool.heap_out.get(), 0);
-        assert_eq!(pool.take_large(1).map(|b| b.capacity()), Some(64 << 10));
-    }
-
-    #[test]
     fn the_peak_is_forgotten_after_a_window() {
-        let pool = BufferPool::new(0, 64);
+        let pool = BufferPool::new(64);
         out_and_back(&pool, 500);
         assert_eq!(spares(&pool), 500);
         // A window of one-at-a-time use frees the spares beyond the minimum.

@@ -37,9 +37,10 @@ pub(crate) async fn linger(conn: &Conn) {
     if conn.phase.get() != Phase::Closing {
         conn.set_phase(Phase::Closing);
     }
-    let mut scratch = vec![0u8; 512];
+    let mut scratch = Vec::with_capacity(512);
     let mut total = 0usize;
     while total < (16 << 20) {
+        scratch.clear();
         let (res, buf) = conn.stream.read(scratch).await;
         scratch = buf;
         match res {

@@ -5,7 +5,7 @@ use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 
-use tokio_uring::{BufResult, InFlightOneshot, WriteData, WriteTransform};
+use crate::uring::Op;
 
 /// The send queue.
 #[derive(Default)]
@@ -54,8 +54,8 @@ impl Outbox {
 
 /// A write the connection task submitted for the writer to finish.
 pub(super) enum Handed {
-    InFlight(InFlightOneshot<WriteData<Vec<u8>>, WriteTransform<Vec<u8>>>),
-    Done(BufResult<usize, Vec<u8>>),
+    InFlight(Op<Vec<u8>>),
+    Done((std::io::Result<usize>, Vec<u8>)),
 }
 
 /// Wakes the one writer task of a connection, with `Notify::notify_one`'s meaning (a wakeup

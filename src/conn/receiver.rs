@@ -1,72 +1,42 @@
-//! The receiving half: the read buffer with its cursors, the protocol reader, the read kept in
-//! flight across cancelled calls, and the messages handed out from the buffer.
+//! The receiving half: the bytes being parsed with their cursors, the protocol reader, the
+//! multishot receive that survives cancelled calls, and the messages handed out in place.
 
-use std::future::Future;
-use std::ops::Range;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
-
-use tokio_uring::buf::BoundedBuf;
 
 use crate::conn::buffers::{BufferPool, ReadBuf, LARGE_MIN};
 use crate::conn::{info::ConnectionInfo, shared::Conn};
 use crate::error::{Error, Result};
 use crate::proto::close::CloseCode;
 use crate::proto::frame::OpCode;
-use crate::proto::message::{Direct, Message, OwnedMessage, Reader, Ready};
+use crate::proto::message::{Message, OwnedMessage, Reader, Ready};
+use crate::uring::{Received, RecvBuf, RecvMulti};
 
-/// A frame payload with at least this much still to come is read straight into the
-/// reassembly buffer rather than through the connection's read buffer.
-pub(super) const DIRECT_READ_MIN: usize = 16 << 10;
-
-/// The receive state: the read buffer with its cursors and the protocol reader.
+/// The receive state: the bytes being parsed with their cursors, the protocol reader, and the
+/// multishot receive that delivers the connection's bytes.
 pub(crate) struct RxState {
+    /// A ring buffer the kernel filled (parsed in place), or a heap buffer gathering a frame
+    /// that straddled two of them, or nothing while idle.
     pub(super) buf: ReadBuf,
     pub(super) start: usize,
     pub(super) end: usize,
     pub(super) reader: Reader,
-    /// Where read buffers come from (and go back to while the connection is idle).
+    /// Where heap buffers come from (and go back to while the connection is idle).
     pub(super) pool: Rc<BufferPool>,
-    /// The last read did not fill the buffer (the socket is probably drained): the next
-    /// wait, if the buffer is empty, is a readiness poll that pins no buffer.
-    pub(super) drained: bool,
-    /// The last message was large and went out with `recv_owned`: read into heap buffers,
-    /// which the next such message can take with it instead of being copied out.
-    pub(super) heap_reads: bool,
+    /// The multishot receive, while armed. It lives here, not in the `recv` future, so a
+    /// `recv` dropped before it completes (a `select!` branch that lost) loses nothing: what
+    /// arrived meanwhile waits in the driver for the next call.
+    pub(super) recv: Option<RecvMulti>,
     /// The peer's close frame, once received.
     pub(super) peer_close: Option<(CloseCode, String)>,
     /// The receive side ended (close received, protocol error, or EOF).
     pub(super) finished: bool,
-    /// A read in flight. It lives here, not in the `recv` future, so that a `recv` dropped
-    /// mid-read (a `select!` branch that lost) loses no bytes: the next call resumes it.
-    pub(super) pending: Option<Pending>,
-}
-
-/// A read in flight with the buffer it reads into (which the read owns until it completes).
-pub(super) struct Pending {
-    pub(super) read: Pin<Box<dyn Future<Output = Filled>>>,
-    /// It reads into a heap buffer checked out of the pool.
-    pub(super) heap: bool,
-}
-
-/// A completed read: the result, the buffer, and how many bytes it could have read.
-pub(super) enum Filled {
-    /// Into the read buffer.
-    Buf(std::io::Result<usize>, ReadBuf, usize),
-    /// Into the reader's reassembly buffer (a large frame's payload).
-    Direct(std::io::Result<usize>, Vec<u8>, usize),
 }
 
 impl Drop for RxState {
     fn drop(&mut self) {
-        // A read still in flight keeps its buffer until its completion (the runtime holds it);
-        // a heap one then no longer counts as out of the pool.
-        if self.pending.take().is_some_and(|p| p.heap) {
-            self.pool.detach();
-        }
         self.pool
             .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
         self.release_large();
@@ -82,168 +52,101 @@ pub(super) enum Got {
 }
 
 impl RxState {
-    /// The receive state after a handshake: `buf[start..end]` holds bytes that followed it.
+    /// The receive state after a handshake: `buf[start..end]` holds bytes that followed it,
+    /// and `recv` is the handshake's receive, still armed.
     pub(crate) fn new(
         buf: ReadBuf,
         start: usize,
         end: usize,
         reader: Reader,
         pool: Rc<BufferPool>,
+        recv: Option<RecvMulti>,
     ) -> Self {
         RxState {
-            drained: true,
-            heap_reads: false,
             buf,
             start,
             end,
             reader,
             pool,
+            recv,
             peer_close: None,
             finished: false,
-            pending: None,
         }
     }
 
-    /// Reads more bytes, compacting first. Returns false at EOF or on a read error.
+    /// Waits for the next bytes from the multishot receive (arming it, or re-arming it after
+    /// the ring ran dry or the driver stopped it for a slow consumer). Returns false at EOF or
+    /// on an error. Cancellation safe: the receive and what it delivered stay in `self`.
     ///
-    /// A pending io_uring read pins its buffer until data arrives, so an idle connection
-    /// would hold a whole read buffer. When the buffer is empty and the last read drained the
-    /// socket, the buffer goes back to the pool and the wait is an epoll readiness poll on the
-    /// runtime's own driver; the buffer is checked out again when data is there. The read
-    /// that follows completes at once, which also spares io_uring a failed first attempt and
-    /// a poll arm: measured 5-7% less server CPU per message than reading blind.
-    ///
-    /// The read itself is kept in `pending` until it completes (see [`RxState::pending`]);
-    /// a call that finds one resumes it.
+    /// While idle (nothing pending) the connection holds no buffer at all: the kernel picks a
+    /// ring buffer when bytes arrive.
     pub(super) async fn fill(&mut self, conn: &Rc<Conn>) -> bool {
-        if self.pending.is_none() && !self.start_read(conn).await {
-            return false;
-        }
-        let Some(pending) = self.pending.as_mut() else {
-            return false;
-        };
-        let filled = pending.read.as_mut().await;
-        self.pending = None;
-        match filled {
-            Filled::Buf(res, buf, room) => {
-                self.buf = buf;
-                match self.note_read(conn, res, room) {
-                    Some(n) => {
-                        self.end += n;
-                        true
-                    }
-                    None => false,
-                }
-            }
-            Filled::Direct(res, payload, room) => {
-                // A protocol error in these bytes is sticky: the next `advance` reports it.
-                let _ = self.reader.direct_done(payload);
-                self.note_read(conn, res, room).is_some()
-            }
-        }
-    }
-
-    /// Makes room and starts the next read into `pending`. Returns false when the buffer
-    /// has no room (which the reader never lets happen).
-    pub(super) async fn start_read(&mut self, conn: &Rc<Conn>) -> bool {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.drained {
-                self.pool
-                    .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
-                // Going idle: a reassembly buffer a large message grew goes back to the pool.
-                self.release_large();
-                conn.wait_readable().await;
+            self.pool
+                .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
+            // Going idle: a reassembly buffer a large message grew goes back to the pool.
+            self.release_large();
+        }
+        loop {
+            let recv = match &mut self.recv {
+                Some(r) => r,
+                None => match conn.stream.recv_multi() {
+                    Ok(r) => self.recv.insert(r),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot start a receive");
+                        return false;
+                    }
+                },
+            };
+            match recv.recv().await {
+                Received::Data(bytes) => {
+                    conn.last_activity.set(Instant::now());
+                    self.take_in(bytes);
+                    return true;
+                }
+                Received::Eof => return false,
+                Received::Rearm => self.recv = None,
+                Received::Err(e) => {
+                    tracing::debug!(error = %e, "receive failed");
+                    return false;
+                }
             }
-            if let Some(direct) = self.reader.take_direct(DIRECT_READ_MIN) {
-                self.pool
-                    .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
-                self.start_direct(conn, direct);
-                return true;
-            }
-        } else if self.start > 0 {
-            let (start, end) = (self.start, self.end);
-            self.buf.bytes_mut().copy_within(start..end, 0);
-            self.end -= start;
+        }
+    }
+
+    /// Adds received bytes: parsed where they lie when nothing is pending, else gathered
+    /// behind the pending bytes (a frame that straddles two ring buffers) in a heap buffer.
+    fn take_in(&mut self, bytes: RecvBuf) {
+        if self.start == self.end {
+            self.pool
+                .checkin(std::mem::replace(&mut self.buf, ReadBuf::Ring(bytes)));
             self.start = 0;
+            self.end = self.buf.bytes().len();
+            return;
         }
-        if let ReadBuf::Taken = self.buf {
-            self.buf = if self.heap_reads {
-                self.pool.checkout_heap()
-            } else {
-                self.pool.checkout()
-            };
-        }
-        let space = self.buf.capacity() - self.end;
-        if space == 0 {
-            // The reader never waits for more than the buffer holds; this is unreachable
-            // unless the buffer is smaller than a control frame.
-            return false;
-        }
-        let mut buf = std::mem::replace(&mut self.buf, ReadBuf::Taken);
-        let heap = matches!(buf, ReadBuf::Heap(_));
-        let (conn, at) = (conn.clone(), self.end);
-        let read = async move {
-            let res = buf.read_at(&conn.stream, at).await;
-            Filled::Buf(res, buf, space)
+        let (start, end) = (self.start, self.end);
+        let mut heap = match std::mem::replace(&mut self.buf, ReadBuf::Taken) {
+            ReadBuf::Heap(mut v) => {
+                v.copy_within(start..end, 0);
+                v.truncate(end - start);
+                v
+            }
+            ReadBuf::Ring(old) => {
+                let ReadBuf::Heap(mut v) = self.pool.checkout() else {
+                    unreachable!("the pool hands out heap buffers")
+                };
+                v.clear();
+                v.extend_from_slice(&old[start..end]);
+                v // `old` goes back to the ring
+            }
+            ReadBuf::Taken => unreachable!("pending bytes without a buffer"),
         };
-        self.pending = Some(Pending {
-            read: Box::pin(read),
-            heap,
-        });
-        true
-    }
-
-    /// Records a read of at most `room` bytes: the bytes read, or `None` at EOF or on an error.
-    pub(super) fn note_read(
-        &mut self,
-        conn: &Conn,
-        res: std::io::Result<usize>,
-        room: usize,
-    ) -> Option<usize> {
-        match res {
-            Ok(0) => None,
-            Ok(n) => {
-                self.drained = n < room;
-                conn.last_activity.set(Instant::now());
-                Some(n)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "read failed");
-                None
-            }
-        }
-    }
-
-    /// Hands out `range` of a heap read buffer as `Bytes` without a copy: the buffer goes
-    /// with it, and the bytes after the message move to a fresh one. `None` (and nothing
-    /// changed) for a registered buffer, which must go back to the ring; when more bytes
-    /// follow the message than it holds (copying the message out is then cheaper); and when
-    /// the message fills less than half the buffer (which it would keep alive with it).
-    pub(super) fn take_read_buffer(&mut self, range: Range<usize>) -> Option<Bytes> {
-        if self.end - self.start > range.len() || range.len() * 2 < self.buf.capacity() {
-            return None;
-        }
-        let taken = match std::mem::replace(&mut self.buf, ReadBuf::Taken) {
-            ReadBuf::Heap(v) => v,
-            other => {
-                self.buf = other;
-                return None;
-            }
-        };
-        self.pool.detach();
-        if self.start < self.end {
-            let ReadBuf::Heap(mut rest) = self.pool.checkout_heap() else {
-                unreachable!("checkout_heap gives heap buffers")
-            };
-            rest.clear();
-            rest.extend_from_slice(&taken[self.start..self.end]);
-            self.buf = ReadBuf::Heap(rest);
-        }
-        self.end -= self.start;
+        heap.extend_from_slice(&bytes);
         self.start = 0;
-        Some(Bytes::slice(&Bytes::from(taken), range))
+        self.end = heap.len();
+        self.buf = ReadBuf::Heap(heap);
     }
 
     /// Gives a reassembly buffer larger than a read buffer back to the pool (none while a
@@ -254,50 +157,15 @@ impl RxState {
         }
     }
 
-    /// Starts reading the next bytes of a large frame's payload straight into the reader's
-    /// reassembly buffer (at most `room`, never past the frame).
-    pub(super) fn start_direct(&mut self, conn: &Rc<Conn>, direct: Direct) {
-        let Direct {
-            buf: mut payload,
-            mut room,
-            remaining,
-        } = direct;
-        let len = payload.len();
-        if (room as u64) < remaining {
-            // A buffer kept from an earlier large message that holds the whole frame spares
-            // growing this one step by step, and the page faults of fresh memory.
-            let whole = usize::try_from(len as u64 + remaining).unwrap_or(usize::MAX);
-            if self.pool.move_to_large(&mut payload, whole) {
-                room = whole - len;
-            }
-        }
-        let conn = conn.clone();
-        let read = async move {
-            let (res, slice) = conn.stream.read(payload.slice(len..len + room)).await;
-            Filled::Direct(res, slice.into_inner(), room)
-        };
-        self.pending = Some(Pending {
-            read: Box::pin(read),
-            heap: false,
-        });
-    }
-
     /// Runs the receive loop until a data message is ready or the stream ends, answering
     /// pings, recording pongs and handling the close handshake and protocol errors.
     ///
-    /// Cancellation safe: dropped at any await, it leaves the state consistent, and a read it
-    /// started stays in `pending` for the next call.
+    /// Cancellation safe: dropped at any await, it leaves the state consistent, and bytes that
+    /// arrive meanwhile wait in the driver for the next call.
     pub(super) async fn next(&mut self, conn: &Rc<Conn>, deliver: bool) -> Result<Got> {
         loop {
             if self.finished {
                 return Ok(Got::End);
-            }
-            if self.pending.is_some() {
-                // A call dropped mid-read left it: its bytes come first.
-                if !self.fill(conn).await {
-                    return self.read_ended(conn);
-                }
-                continue;
             }
             let base = self.start;
             let end = self.end;
@@ -406,11 +274,10 @@ impl Receiver {
     }
 
     /// Like [`Receiver::recv`], but the message is owned (`Bytes`), so it can be kept, sent to
-    /// other tasks, or sent on with [`Sender::send_owned`](crate::Sender::send_owned). A message that was reassembled
-    /// (fragmented, or larger than the read buffer) is handed over without a copy. One that
-    /// lies in the read buffer is copied out of it, except that after a first large
-    /// (16 KiB or more) message the connection reads into heap buffers, and a large message
-    /// that fills at least half of one then leaves with it.
+    /// other tasks, or sent on with [`Sender::send_owned`](crate::Sender::send_owned). A
+    /// message that was reassembled (fragmented, or larger than the read buffer) is handed
+    /// over without a copy; one that lies in a receive buffer is copied out of it (a large one
+    /// into a pooled buffer that comes back when `send_owned` has written it).
     pub async fn recv_owned(&mut self) -> Result<Option<OwnedMessage>> {
         match self.state.next(&self.conn, true).await? {
             Got::End => Ok(None),
@@ -420,29 +287,12 @@ impl Receiver {
                     return Ok(Some(owned_data(ready, Bytes::from(payload))));
                 }
                 let end = state.end;
+                let message = state.reader.message(&state.buf.bytes()[base..end], ready);
                 if ready.len() < LARGE_MIN {
-                    state.heap_reads = false;
-                    let message = state.reader.message(&state.buf.bytes()[base..end], ready);
                     return Ok(Some(message.into_owned()));
                 }
-                // A large message leaves with its heap read buffer; from a registered one it
-                // is copied into a pooled buffer. Either comes back to the pool when
-                // `send_owned` has written it. Later reads go to heap buffers. (`advance`
-                // validated the payload: it is copied as bytes, not checked again.)
-                state.heap_reads = true;
-                let payload = match ready.in_buffer() {
-                    Some(r) => {
-                        let range = base + r.start..base + r.end;
-                        match state.take_read_buffer(range.clone()) {
-                            Some(taken) => taken,
-                            None => state.pool.copy_to_large(&state.buf.bytes()[range]),
-                        }
-                    }
-                    None => {
-                        let message = state.reader.message(&state.buf.bytes()[base..end], ready);
-                        state.pool.copy_to_large(message.payload())
-                    }
-                };
+                // (`advance` validated the payload: it is copied as bytes, not checked again.)
+                let payload = state.pool.copy_to_large(message.payload());
                 Ok(Some(owned_data(ready, payload)))
             }
         }
@@ -481,11 +331,9 @@ impl Drop for Receiver {
                 end: 0,
                 reader: Reader::new(config),
                 pool,
-                drained: false,
-                heap_reads: false,
+                recv: None,
                 peer_close: None,
                 finished: true,
-                pending: None,
             },
         );
         *self.conn.returned_rx.borrow_mut() = Some(Box::new(state));

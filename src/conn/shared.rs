@@ -11,10 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::sync::Notify;
-use tokio_uring::net::TcpStream;
 
 use crate::conn::buffers::{BufferPool, LARGE_MIN};
 use crate::conn::{
@@ -27,29 +24,17 @@ use crate::conn::{
 use crate::error::{Error, Result};
 use crate::proto::close::{write_close_payload, CloseCode};
 use crate::proto::frame::{encode_header, write_frame, OpCode, MAX_HEADER_LEN};
+use crate::uring::TcpStream;
 
 /// Payloads of at least this many bytes sent as `Bytes` are written from where they are
 /// rather than copied into the send queue (and their buffers go back to the pool after).
 pub(super) const SHARE_MIN: usize = LARGE_MIN;
-
-/// A socket descriptor borrowed from the connection's stream, for readiness polling only.
-/// It never closes the descriptor.
-pub(super) struct SocketFd(std::os::fd::RawFd);
-
-impl std::os::fd::AsRawFd for SocketFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
-    }
-}
 
 /// A source of mask keys (client role).
 pub(crate) type MaskFn = Box<dyn FnMut() -> [u8; 4]>;
 
 /// What the halves and the connection task share.
 pub(crate) struct Conn {
-    /// Epoll readiness of the socket, registered on first use. Declared before `stream` so
-    /// that it is deregistered before the descriptor closes (a closed number can be reused).
-    pub(super) readiness: OnceCell<Option<AsyncFd<SocketFd>>>,
     pub(crate) stream: TcpStream,
     pub(super) outbox: RefCell<Outbox>,
     /// Wakes the writer when something is queued.
@@ -96,7 +81,6 @@ impl Conn {
         pool: Rc<BufferPool>,
     ) -> Rc<Conn> {
         Rc::new(Conn {
-            readiness: OnceCell::new(),
             stream,
             outbox: RefCell::default(),
             wake_writer: WriterSignal::default(),
@@ -117,34 +101,6 @@ impl Conn {
             pool,
             data: RefCell::new(None),
         })
-    }
-
-    /// The socket's readiness registration with the runtime's epoll driver, created on first
-    /// use; `None` when registration failed (reads then always pin a buffer).
-    pub(super) fn readiness(&self) -> Option<&AsyncFd<SocketFd>> {
-        self.readiness
-            .get_or_init(|| {
-                let fd = SocketFd(std::os::fd::AsRawFd::as_raw_fd(&self.stream));
-                // SAFETY: `fd` is the stream's open descriptor. The `AsyncFd` lives in this
-                // `Conn`, in the field declared before `stream`, so it is dropped (and
-                // deregistered) before the stream; the stream never closes its descriptor
-                // earlier (it is closed only when the stream and every in-flight operation on
-                // it are dropped), and `SocketFd::as_raw_fd` always returns the same number.
-                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
-            })
-            .as_ref()
-    }
-
-    /// Waits until the socket is readable (or closed), without pinning any buffer. Without a
-    /// readiness registration it returns at once and the read that follows waits instead.
-    pub(crate) async fn wait_readable(&self) {
-        if let Some(readiness) = self.readiness() {
-            if let Ok(mut guard) = readiness.readable().await {
-                // The read that follows takes what is there; a later arrival sets the
-                // readiness again.
-                guard.clear_ready();
-            }
-        }
     }
 
     /// Facts about the connection (empty before the handshake completes).
@@ -332,12 +288,16 @@ impl Conn {
             self.wake_writer.notify();
             return;
         };
-        let mut write = self.stream.write(batch).submit();
-        // The write is not in the kernel yet (that happens when the thread next enters the
-        // ring), so this registers the writer's waker with it.
-        let handed = match Pin::new(&mut write).poll(&mut Context::from_waker(&waker)) {
-            Poll::Pending => Handed::InFlight(write),
-            Poll::Ready(done) => Handed::Done(done),
+        let handed = match self.stream.start_write(batch, 0) {
+            Ok(mut write) => {
+                // The write is not in the kernel yet (that happens at the end of this loop
+                // turn), so this registers the writer's waker with it.
+                match Pin::new(&mut write).poll(&mut Context::from_waker(&waker)) {
+                    Poll::Pending => Handed::InFlight(write),
+                    Poll::Ready(done) => Handed::Done(crate::uring::sent(done)),
+                }
+            }
+            Err(e) => Handed::Done((Err(e), Vec::new())),
         };
         *self.handed.borrow_mut() = Some(handed);
         self.wake_writer.set_pending();

@@ -7,8 +7,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use tokio_uring::buf::BoundedBuf;
-use tokio_uring::BufResult;
+/// A write's outcome: the bytes written, and the buffer back.
+type Written<T> = (std::io::Result<T>, Vec<u8>);
 
 use crate::conn::buffers::LARGE_MIN;
 use crate::conn::{outbox::Handed, shared::Conn};
@@ -28,7 +28,7 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
         let handed = conn.handed.borrow_mut().take();
         if let Some(handed) = handed {
             let done = match handed {
-                Handed::InFlight(write) => write.await,
+                Handed::InFlight(write) => crate::uring::sent(write.await),
                 Handed::Done(done) => done,
             };
             if !finish_batch(&conn, done).await {
@@ -63,7 +63,7 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
             conn.wake_writer.notified().await;
             continue;
         };
-        let done = conn.stream.write(batch).submit().await;
+        let done = conn.stream.write_at(batch, 0).await;
         if !finish_batch(&conn, done).await {
             return;
         }
@@ -72,7 +72,7 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
 
 /// After one write of a batch: writes what it left (a partial write, rare), keeps the buffer
 /// and finishes the write as [`finish_write`] does.
-pub(super) async fn finish_batch(conn: &Conn, done: BufResult<usize, Vec<u8>>) -> bool {
+pub(super) async fn finish_batch(conn: &Conn, done: Written<usize>) -> bool {
     let (res, buf) = match done {
         (Ok(n), buf) if n == buf.len() => (Ok(()), buf),
         // Boxed: the writer's future, which every idle connection holds, stays small.
@@ -108,15 +108,20 @@ pub(crate) async fn corked<F: Future>(conn: &Conn, handler: F) -> F::Output {
 }
 
 /// After a single write of `buf` that wrote `res` bytes, writes the rest, as `write_all`.
-pub(super) async fn write_rest(
-    conn: &Conn,
-    (res, buf): BufResult<usize, Vec<u8>>,
-) -> BufResult<(), Vec<u8>> {
+pub(super) async fn write_rest(conn: &Conn, (res, mut buf): Written<usize>) -> Written<()> {
     match res {
         Ok(0) if !buf.is_empty() => (Err(std::io::ErrorKind::WriteZero.into()), buf),
-        Ok(n) if n < buf.len() => {
-            let (res, rest) = conn.stream.write_all(buf.slice(n..)).await;
-            (res, rest.into_inner())
+        Ok(mut n) if n < buf.len() => {
+            while n < buf.len() {
+                let (res, back) = conn.stream.write_at(buf, n).await;
+                buf = back;
+                match res {
+                    Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), buf),
+                    Ok(m) => n += m,
+                    Err(e) => return (Err(e), buf),
+                }
+            }
+            (Ok(()), buf)
         }
         Ok(_) => (Ok(()), buf),
         Err(e) => (Err(e), buf),

@@ -1,11 +1,9 @@
-//! One server connection from accept to close: the handshake read over the connection's
-//! buffer, plain HTTP answers, the handler's run, the closing handshake, and the watchdog that
+//! One server connection from accept to close: the handshake read through the connection's
+//! multishot receive, plain HTTP answers, the handler's run, the closing handshake, and the watchdog that
 //! enforces every timeout by shutting the socket down (never by dropping an in-flight read).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-
-use tokio_uring::net::TcpStream;
 
 use crate::conn::buffers::ReadBuf;
 use crate::conn::{
@@ -16,12 +14,11 @@ use crate::proto::frame::Role;
 use crate::proto::handshake::{self, Handshake, HeadScanner, UpgradeRequest};
 use crate::proto::message::{Reader, ReaderConfig};
 use crate::server::{HttpResponse, ThreadCtx};
+use crate::uring::{recv_append, RecvMulti, TcpStream};
 
 /// Serves one accepted connection to the end.
 pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    // The buffer is checked out once the first bytes are there (see `handshake`).
-    let mut buf = ReadBuf::Taken;
     let id = ctx.next_id();
     tracing::debug!(%peer, id, "accepted");
     let conn = Conn::new(
@@ -32,67 +29,62 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
         ctx.buffers.clone(),
     );
     ctx.register(id, conn.clone());
-    tokio_uring::spawn(watchdog(conn.clone()));
-    match handshake(&ctx, &conn, &mut buf, peer).await {
-        Some((start, end)) => {
-            let config = &ctx.config;
-            let reader = Reader::new(ReaderConfig {
-                max_frame: config.max_frame_size,
-                max_message: config.max_message_size,
-                inline_limit: config.read_buffer_size,
-                ..ReaderConfig::new(Role::Server)
-            });
-            let state = RxState::new(buf, start, end, reader, ctx.buffers.clone());
-            run(&ctx, conn, state).await;
-        }
-        None => ctx.buffers.checkin(buf),
+    tokio::task::spawn_local(watchdog(conn.clone()));
+    if let Some((head, start, recv)) = handshake(&ctx, &conn, peer).await {
+        let config = &ctx.config;
+        let reader = Reader::new(ReaderConfig {
+            max_frame: config.max_frame_size,
+            max_message: config.max_message_size,
+            inline_limit: config.read_buffer_size,
+            ..ReaderConfig::new(Role::Server)
+        });
+        let end = head.len();
+        let buf = ReadBuf::Heap(head);
+        let state = RxState::new(buf, start, end, reader, ctx.buffers.clone(), recv);
+        run(&ctx, conn, state).await;
     }
     ctx.unregister(id);
 }
 
-/// Reads requests into `buf` until a WebSocket upgrade is accepted; answers plain HTTP
-/// requests and refusals. Returns where the bytes after the upgrade request lie in `buf`
-/// (`start..end`), or `None` when the connection closed.
+/// Reads requests until a WebSocket upgrade is accepted; answers plain HTTP requests and
+/// refusals. Returns the bytes received (`head[start..]` followed the upgrade request) and
+/// the receive, still armed; `None` when the connection closed.
+///
+/// Until bytes arrive the connection holds no buffer: the kernel picks one from the ring.
 async fn handshake(
     ctx: &ThreadCtx,
     conn: &Conn,
-    buf: &mut ReadBuf,
     peer: SocketAddr,
-) -> Option<(usize, usize)> {
+) -> Option<(Vec<u8>, usize, Option<RecvMulti>)> {
     let config = &ctx.config;
-    let mut end = 0;
+    let mut recv = None;
+    let mut head = Vec::new();
     loop {
-        let mut scanner = HeadScanner::new(config.max_handshake_size.min(config.read_buffer_size));
+        let mut scanner = HeadScanner::new(config.max_handshake_size);
         let head_len = loop {
-            match scanner.scan(&buf.bytes()[..end]) {
+            match scanner.scan(&head) {
                 Ok(Some(n)) => break n,
                 Ok(None) => {}
                 Err(e) => {
+                    drop(recv);
                     refuse(conn, &e, peer).await;
                     return None;
                 }
             }
-            if end == 0 {
-                // Nothing received yet: wait without pinning a buffer, so that connections
-                // that open (or keep alive) and stay silent cost no read buffer.
-                ctx.buffers.checkin(std::mem::replace(buf, ReadBuf::Taken));
-                conn.wait_readable().await;
-            }
-            if let ReadBuf::Taken = buf {
-                *buf = ctx.buffers.checkout();
-            }
-            match buf.read_at(&conn.stream, end).await {
-                Ok(0) | Err(_) => {
+            match recv_append(&mut recv, &conn.stream, &mut head).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => {
+                    drop(recv);
                     finish_plain(conn).await;
                     return None;
                 }
-                Ok(n) => end += n,
             }
         };
         let mut out = Vec::new();
         let keep_alive;
-        match handshake::parse(&buf.bytes()[..head_len]) {
+        match handshake::parse(&head[..head_len]) {
             Err(e) => {
+                drop(recv);
                 refuse(conn, &e, peer).await;
                 return None;
             }
@@ -115,12 +107,13 @@ async fn handshake(
                     conn.set_phase(Phase::Open);
                     let (res, _) = conn.stream.write_all(out).await;
                     if res.is_err() {
+                        drop(recv);
                         finish_plain(conn).await;
                         return None;
                     }
                     tracing::debug!(%peer, path = info.path, "upgraded");
                     let _ = conn.info.set(info);
-                    return Some((head_len, end));
+                    return Some((head, head_len, recv));
                 }
                 Err(response) => {
                     tracing::debug!(%peer, status = response.status, "upgrade refused by the application");
@@ -131,12 +124,12 @@ async fn handshake(
         }
         let (res, _) = conn.stream.write_all(out).await;
         if res.is_err() || !keep_alive {
+            drop(recv);
             finish_plain(conn).await;
             return None;
         }
         // Keep-alive: the next request starts after this one's head.
-        buf.bytes_mut().copy_within(head_len..end, 0);
-        end -= head_len;
+        head.drain(..head_len);
         conn.set_phase(Phase::Handshake);
     }
 }
@@ -204,7 +197,7 @@ async fn finish_plain(conn: &Conn) {
 /// Runs the handler on an open WebSocket, then completes the closing handshake.
 async fn run(ctx: &ThreadCtx, conn: Rc<Conn>, state: RxState) {
     // The phase is already `Open` (or `Closing`, when a shutdown came during the 101).
-    let writer_task = tokio_uring::spawn(writer(conn.clone()));
+    let writer_task = tokio::task::spawn_local(writer(conn.clone()));
     let ws = WebSocket::new(conn.clone(), state);
     let result = corked(&conn, (ctx.handler)(ws)).await;
     if let Err(e) = &result {

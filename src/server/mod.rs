@@ -19,7 +19,6 @@ mod conn;
 
 pub use crate::conn::{ConnectionInfo, Receiver, Sender, WebSocket};
 pub use crate::proto::handshake::{Header, Request, UpgradeRequest};
-pub use crate::uring::runtime;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -32,7 +31,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tokio_uring::net::TcpListener;
 
 use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
@@ -40,6 +38,8 @@ use crate::proto::message::{DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
 
 use crate::conn::buffers::BufferPool;
 use crate::conn::{Conn, Phase};
+use crate::uring::{AcceptMulti, RingConfig, Runtime, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 
 /// Server settings. Every field has a documented default; set them with the [`Server`]
 /// builder methods or directly (the struct is `#[non_exhaustive]`: start from
@@ -52,13 +52,15 @@ pub struct Config {
     /// Most open connections across all threads; more are answered with 503 and closed.
     /// Default: 10,000.
     pub max_connections: usize,
-    /// Size of each connection's read buffer. A single-frame message that fits in it is handed
-    /// out without a copy; larger ones are reassembled. A connection holds its buffer only
-    /// while bytes are pending, not while idle. Default: 64 KiB + 64 bytes, so that a 64 KiB
-    /// message and its header fit (minimum 256 bytes).
+    /// Size of each receive buffer. A single-frame message that arrives in one is handed out
+    /// where it lies, without a copy; larger ones are reassembled. A connection holds no
+    /// buffer while idle: the kernel picks one from the thread's ring when bytes arrive.
+    /// Default: 64 KiB + 64 bytes, so that a 64 KiB message and its header fit (minimum 256
+    /// bytes).
     pub read_buffer_size: usize,
-    /// Read buffers registered with each thread's ring (at most 1024; fewer when
-    /// RLIMIT_MEMLOCK refuses them); connections beyond them use heap buffers. Default: 128.
+    /// Receive buffers in each thread's provided-buffer ring, registered with its io_uring
+    /// (a power of two, at most 32768). When all are in use, receives wait until one comes
+    /// back. Default: 128.
     pub registered_buffers: usize,
     /// Largest frame payload; larger frames close with 1009. Default: 16 MiB.
     pub max_frame_size: u64,
@@ -88,8 +90,6 @@ pub struct Config {
     /// On shutdown, time allowed for connections to finish their closing handshake.
     /// Default: 10 s.
     pub shutdown_grace: Duration,
-    /// Accept operations kept in flight per thread. Default: 4.
-    pub accepts_in_flight: usize,
     /// Sets `SO_REUSEPORT` on the listening socket, so that another process that also sets it
     /// (a new version of this server, for a hand-over) can listen on the same port while this
     /// one drains. Default: off, so that starting a second server on a port in use fails with
@@ -127,7 +127,6 @@ impl Default for Config {
             subprotocols: Vec::new(),
             response_headers: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
-            accepts_in_flight: 4,
             reuse_port: false,
         }
     }
@@ -167,8 +166,8 @@ fn check_positive(t: Option<Duration>, field: &'static str, disable: &str) -> Re
 impl Config {
     /// The largest read buffer (1 GiB).
     pub const MAX_READ_BUFFER: usize = 1 << 30;
-    /// The most buffers one ring can register.
-    pub const MAX_REGISTERED_BUFFERS: usize = 1024;
+    /// The most buffers one provided-buffer ring can hold.
+    pub const MAX_REGISTERED_BUFFERS: usize = 32768;
 
     /// Checks every field against its allowed range; [`Server::start`] calls it and starts
     /// nothing when it fails. Nothing is clamped silently: an [`Error::InvalidConfig`] names
@@ -193,10 +192,11 @@ impl Config {
             &format!("it must be 256 to {} bytes", Self::MAX_READ_BUFFER),
         )?;
         check(
-            self.registered_buffers <= Self::MAX_REGISTERED_BUFFERS,
+            self.registered_buffers.is_power_of_two()
+                && self.registered_buffers <= Self::MAX_REGISTERED_BUFFERS,
             "registered_buffers",
             self.registered_buffers,
-            "it must be 0 to 1024 (the most one io_uring can register)",
+            "it must be a power of two from 1 to 32768 (a provided-buffer ring)",
         )?;
         check(
             self.max_frame_size >= 1,
@@ -233,12 +233,6 @@ impl Config {
             "send_queue_limit",
             self.send_queue_limit,
             "it must be at least 1 byte",
-        )?;
-        check(
-            (1..=256).contains(&self.accepts_in_flight),
-            "accepts_in_flight",
-            self.accepts_in_flight,
-            "it must be 1 to 256",
         )?;
         for p in &self.subprotocols {
             check(
@@ -385,7 +379,8 @@ impl Server {
         self
     }
 
-    /// Sets the number of read buffers registered per thread (default 128, at most 1024).
+    /// Sets the number of receive buffers in each thread's ring (default 128; a power of
+    /// two, at most 32768).
     pub fn registered_buffers(mut self, n: usize) -> Self {
         self.config.registered_buffers = n;
         self
@@ -754,7 +749,12 @@ where
     H: Fn(WebSocket) -> F + Clone + Send + 'static,
     F: Future<Output = Result<()>> + 'static,
 {
-    let rt = match runtime() {
+    let ring = RingConfig {
+        entries: 1024,
+        buffers: setup.config.registered_buffers as u16,
+        buffer_size: setup.config.read_buffer_size,
+    };
+    let rt = match Runtime::new(ring) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(io_uring_unavailable(&e)));
@@ -762,20 +762,9 @@ where
         }
     };
     rt.block_on(async move {
-        // A second descriptor of the socket, to shut it down when stopping.
-        let stopper = match setup.listener.try_clone() {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(Error::Io(e)));
-                return;
-            }
-        };
-        let listener = TcpListener::from_std(setup.listener);
+        let listener = setup.listener;
         let ctx = Rc::new(ThreadCtx {
-            buffers: Rc::new(BufferPool::new(
-                setup.config.registered_buffers,
-                setup.config.read_buffer_size,
-            )),
+            buffers: Rc::new(BufferPool::new(setup.config.read_buffer_size)),
             config: setup.config,
             http: setup.http,
             check: setup.check,
@@ -787,41 +776,58 @@ where
             accepting: Cell::new(0),
         });
         let _ = ready.send(Ok(()));
-        tracing::info!(addr = ?stopper.local_addr(), "listening");
-        let listener = Rc::new(listener);
-        for _ in 0..ctx.config.accepts_in_flight {
-            tokio_uring::spawn(accept_loop(ctx.clone(), listener.clone()));
-        }
+        tracing::info!(addr = ?listener.local_addr(), "listening");
+        tokio::task::spawn_local(accept_loop(ctx.clone(), listener.as_raw_fd()));
         let mut stop = setup.stop;
         while !*stop.borrow_and_update() {
             if stop.changed().await.is_err() {
                 break;
             }
         }
-        graceful_stop(&ctx, &stopper).await;
+        graceful_stop(&ctx, &listener).await;
     });
 }
 
-async fn accept_loop(ctx: Rc<ThreadCtx>, listener: Rc<TcpListener>) {
+/// Accepts connections with one multishot accept (re-armed when it ends) and serves each.
+async fn accept_loop(ctx: Rc<ThreadCtx>, listener: RawFd) {
     ctx.accepting.set(ctx.accepting.get() + 1);
+    let mut accepts: Option<AcceptMulti> = None;
     loop {
-        let accepted = listener.accept().await;
+        let multi = match &mut accepts {
+            Some(a) => a,
+            None => match AcceptMulti::new(listener) {
+                Ok(a) => accepts.insert(a),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start accepting");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let accepted = multi.accept().await;
         if ctx.stopping.get() {
-            // A connection accepted just as the listener was shut down is closed here; had
-            // the runtime ended with this accept in flight, its descriptor would leak open.
-            if let Ok((stream, _)) = accepted {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+            // A connection accepted just as the listener was shut down is closed here (the
+            // others the multishot accept still holds are closed by the driver).
+            if let Some(Ok(fd)) = accepted {
+                let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
             }
+            drop(accepts);
             ctx.accepting.set(ctx.accepting.get() - 1);
             return;
         }
         match accepted {
-            Ok((stream, peer)) => {
+            // The multishot accept ended: start another.
+            None => accepts = None,
+            Some(Ok(fd)) => {
+                let stream = TcpStream::from_fd(fd);
+                let Ok(peer) = stream.peer_addr() else {
+                    continue; // gone already
+                };
                 let open = ctx.shared.open.fetch_add(1, Ordering::Relaxed);
                 if open >= ctx.config.max_connections {
                     ctx.shared.open.fetch_sub(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "connection limit reached; answering 503");
-                    tokio_uring::spawn(async move {
+                    tokio::task::spawn_local(async move {
                         let mut out = Vec::new();
                         crate::proto::handshake::write_response(
                             503,
@@ -835,9 +841,9 @@ async fn accept_loop(ctx: Rc<ThreadCtx>, listener: Rc<TcpListener>) {
                     });
                     continue;
                 }
-                tokio_uring::spawn(conn::serve(ctx.clone(), stream, peer));
+                tokio::task::spawn_local(conn::serve(ctx.clone(), stream, peer));
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "accept failed");
                 // Out of descriptors or memory: back off instead of spinning.
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -94,12 +94,8 @@ impl BufRing {
         self.count
     }
 
-    /// Each buffer's size.
-    pub(crate) fn buffer_size(&self) -> usize {
-        self.size
-    }
-
     /// Buffers out of the ring (received and not yet given back).
+    #[cfg(test)]
     pub(crate) fn out(&self) -> usize {
         self.out.get()
     }

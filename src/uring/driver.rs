@@ -20,6 +20,10 @@ const UNTRACKED: u64 = u64::MAX;
 /// IORING_ENTER_GETEVENTS: run deferred completion work and post completions.
 const ENTER_GETEVENTS: u32 = 1;
 
+/// Completions a multishot operation may have waiting for its consumer before the driver
+/// cancels it.
+const MAX_QUEUED: usize = 8;
+
 /// One completion: the result (a count, a descriptor, or `-errno`) and its flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Completion {
@@ -174,12 +178,8 @@ impl Driver {
         self.eventfd.as_raw_fd()
     }
 
-    /// Whether DEFER_TASKRUN is on.
-    pub(crate) fn deferred(&self) -> bool {
-        self.defer
-    }
-
     /// Operations in flight (or completed and not yet collected).
+    #[cfg(test)]
     pub(crate) fn live(&self) -> usize {
         self.live
     }
@@ -311,11 +311,20 @@ impl Driver {
     }
 
     /// Completions of multishot operation `index` already queued, without waiting.
+    #[cfg(test)]
     pub(crate) fn next_multi(&mut self, index: usize) -> Option<Completion> {
         match &mut self.slots[index] {
             Slot::Multi { queue, .. } => queue.pop_front(),
             _ => None,
         }
+    }
+
+    /// Queues `entry` with nobody waiting for its completion (a close).
+    ///
+    /// # Safety
+    /// `entry` must point to no memory.
+    pub(crate) unsafe fn start_detached(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        self.push(entry.user_data(UNTRACKED))
     }
 
     /// The consumer of multishot operation `index` went away: queued buffers go back to the
@@ -424,6 +433,7 @@ impl Driver {
             }
             let index = index as usize;
             let mut free = false;
+            let mut cancel = false;
             match &mut self.slots[index] {
                 slot @ Slot::Waiting(_) => {
                     if let Slot::Waiting(Some(w)) = std::mem::replace(slot, Slot::Done(c)) {
@@ -444,6 +454,12 @@ impl Driver {
                     if let Some(w) = waker.take() {
                         self.wake.push(w);
                     }
+                    // A consumer that does not keep up must not hold the thread's buffers: stop
+                    // its receive (it is re-armed when the consumer comes back), so that the
+                    // peer meets TCP's flow control instead.
+                    if queue.len() == MAX_QUEUED && !*ended {
+                        cancel = true;
+                    }
                 }
                 Slot::MultiOrphan { fds } => {
                     let fds = *fds;
@@ -456,6 +472,9 @@ impl Driver {
             }
             if free {
                 self.release(index);
+            }
+            if cancel {
+                self.cancel(index);
             }
         }
         n

@@ -1,20 +1,15 @@
 //! The only module that knows io_uring: one ring per thread inside a tokio current-thread
 //! runtime, operations that own their buffers until their completion, multishot accept and
 //! receive into a provided-buffer ring, and one submission per loop turn.
-//!
-//! Transport v2 in progress: the driver below ([`Runtime`], [`driver`], the operations) is
-//! built and tested on its own; the connection core still runs on tokio-uring's runtime
-//! ([`runtime`]) until it moves onto this driver.
+
 //!
 //! The runtime's park hook submits what the turn queued and reaps what completed, so that a
 //! turn costs at most one `io_uring_enter`. While the thread sleeps in epoll, the ring's
 //! descriptor, registered with tokio's reactor, wakes it when completions wait.
 
-// Until the connection core moves onto the driver, only the tests use it.
-#![allow(dead_code, unused_imports)]
-
 mod bufring;
 mod driver;
+mod net;
 mod ops;
 
 use std::cell::RefCell;
@@ -27,7 +22,8 @@ use tokio::io::Interest;
 
 pub(crate) use bufring::RecvBuf;
 pub(crate) use driver::{Completion, RingConfig};
-pub(crate) use ops::{AcceptMulti, Op, RecvMulti};
+pub(crate) use net::{recv_append, sent, TcpStream};
+pub(crate) use ops::{AcceptMulti, Op, Received, RecvMulti};
 
 use driver::{Driver, Handle};
 
@@ -46,6 +42,11 @@ pub(crate) fn driver() -> Handle {
             .clone()
             .expect("uringws: an io_uring operation outside its runtime")
     })
+}
+
+/// The driver of this thread's runtime, if one runs.
+pub(crate) fn try_driver() -> Option<Handle> {
+    CURRENT.with(|c| c.borrow().clone())
 }
 
 /// Submits what is queued, reaps what completed and wakes its tasks: the end of a loop turn.
@@ -145,22 +146,3 @@ async fn reap_on_readable(driver: Handle, fd: i32) {
 
 #[cfg(test)]
 mod tests;
-
-/// A tokio-uring runtime for this thread, with IORING_SETUP_COOP_TASKRUN where the kernel has
-/// it (5.19+): completions then run when the thread next enters the kernel instead of
-/// interrupting it, which cut server CPU per message by a quarter in scripts/compare.sh's
-/// cases. Older kernels refuse the flag (EINVAL) and get a plain ring.
-pub fn runtime() -> std::io::Result<tokio_uring::Runtime> {
-    let mut builder = tokio_uring::builder();
-    builder.entries(1024);
-    let mut ring = tokio_uring::uring_builder();
-    ring.setup_coop_taskrun();
-    builder.uring_builder(&ring);
-    match tokio_uring::Runtime::new(&builder) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            builder.uring_builder(&tokio_uring::uring_builder());
-            tokio_uring::Runtime::new(&builder)
-        }
-        other => other,
-    }
-}

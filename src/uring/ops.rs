@@ -136,6 +136,7 @@ impl RecvMulti {
     }
 
     /// A delivery already queued, without waiting.
+    #[cfg(test)]
     pub(crate) fn try_recv(&mut self) -> Option<Received> {
         let c = self
             .multi
@@ -224,13 +225,78 @@ unsafe impl StableBuf for bytes::Bytes {
     }
 }
 
-/// Sends `buf` on `fd`; completes with the bytes sent (a stream socket may send fewer).
-pub(crate) fn send<B: StableBuf>(fd: RawFd, buf: B) -> io::Result<Op<B>> {
-    let len = buf.len().min(u32::MAX as usize) as u32;
-    let entry = opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
+/// Sends `buf[offset..]` on `fd`; completes with the bytes sent (a stream socket may send
+/// fewer).
+pub(crate) fn send<B: StableBuf>(fd: RawFd, buf: B, offset: usize) -> io::Result<Op<B>> {
+    let offset = offset.min(buf.len());
+    let len = (buf.len() - offset).min(u32::MAX as usize) as u32;
+    // SAFETY: `offset <= len()`, so the pointer stays inside (or one past) the buffer.
+    let ptr = unsafe { buf.as_ptr().add(offset) };
+    let entry = opcode::Send::new(types::Fd(fd), ptr, len)
         .flags(libc::MSG_NOSIGNAL)
         .build();
     // SAFETY: the entry points into `buf`'s stable bytes (`StableBuf`), which the `Op` keeps.
+    unsafe { Op::new(buf, entry) }
+}
+
+/// What a vectored send owns while in flight: the parts, their iovecs and the header.
+pub(crate) struct Parts {
+    pub(crate) parts: Vec<bytes::Bytes>,
+    // Only kept alive for the kernel, which reads them until the completion.
+    #[allow(dead_code)]
+    iovecs: Box<[libc::iovec]>,
+    #[allow(dead_code)]
+    header: Box<libc::msghdr>,
+}
+
+/// Sends `parts` in order with one `sendmsg` (at most 1024 of them); completes with the bytes
+/// sent, which may be fewer than all.
+pub(crate) fn send_parts(fd: RawFd, parts: Vec<bytes::Bytes>) -> io::Result<Op<Parts>> {
+    let iovecs: Box<[libc::iovec]> = parts
+        .iter()
+        .take(1024)
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut header: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+    header.msg_iov = iovecs.as_ptr() as *mut libc::iovec;
+    header.msg_iovlen = iovecs.len() as _;
+    let entry = opcode::SendMsg::new(types::Fd(fd), &*header)
+        .flags(libc::MSG_NOSIGNAL as u32)
+        .build();
+    let data = Parts {
+        parts,
+        iovecs,
+        header,
+    };
+    // SAFETY: the entry points to the boxed header, which points to the boxed iovecs, which
+    // point into the parts' heap bytes: all owned by `data`, none moves when `data` does.
+    unsafe { Op::new(data, entry) }
+}
+
+/// Connects the socket `fd` to `addr`.
+pub(crate) fn connect(
+    fd: RawFd,
+    addr: socket2::SockAddr,
+) -> io::Result<Op<Box<socket2::SockAddr>>> {
+    let addr = Box::new(addr);
+    let entry = opcode::Connect::new(types::Fd(fd), addr.as_ptr().cast(), addr.len()).build();
+    // SAFETY: the entry points into the boxed address, which the `Op` keeps.
+    unsafe { Op::new(addr, entry) }
+}
+
+/// Receives into `buf[at..capacity]` on `fd`; completes with the bytes read (the caller then
+/// extends the length over them if they end past it).
+pub(crate) fn recv_at(fd: RawFd, mut buf: Vec<u8>, at: usize) -> io::Result<Op<Vec<u8>>> {
+    let at = at.min(buf.capacity());
+    let len = (buf.capacity() - at).min(u32::MAX as usize) as u32;
+    // SAFETY: `at <= capacity`, so the pointer stays inside (or one past) the allocation.
+    let ptr = unsafe { buf.as_mut_ptr().add(at) };
+    let entry = opcode::Recv::new(types::Fd(fd), ptr, len).build();
+    // SAFETY: the entry points into `buf`'s heap allocation, which the `Op` keeps.
     unsafe { Op::new(buf, entry) }
 }
 
@@ -245,6 +311,7 @@ pub(crate) fn recv_into(fd: RawFd, mut buf: Vec<u8>) -> io::Result<Op<Vec<u8>>> 
 }
 
 /// Shuts `fd` down (`how`: `libc::SHUT_WR`, ...): its pending receives end.
+#[cfg(test)]
 pub(crate) fn shutdown(fd: RawFd, how: i32) -> io::Result<Op<()>> {
     let entry = opcode::Shutdown::new(types::Fd(fd), how).build();
     // SAFETY: the entry points to no memory.

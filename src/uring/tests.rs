@@ -66,7 +66,7 @@ fn accept_receive_and_send_echo() {
                 other => panic!("unexpected {}", name(&other)),
             }
         }
-        let (c, _) = send(fd, got).unwrap().await;
+        let (c, _) = send(fd, got, 0).unwrap().await;
         assert_eq!(c.io().unwrap(), 11);
         drop(recv);
         drop(accepts);

@@ -21,16 +21,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
-use uringws::proto::close::parse_close_payload;
-use uringws::proto::frame::{
+use crate::proto::close::parse_close_payload;
+use crate::proto::frame::{
     decode_header, encode_header, write_frame, DecodeLimits, Decoded, OpCode, Role, MAX_HEADER_LEN,
 };
-use uringws::proto::handshake::{check_response, client_key, write_client_request, HeadScanner};
-use uringws::proto::mask::apply_mask;
-use uringws::Error;
+use crate::proto::handshake::{check_response, client_key, write_client_request, HeadScanner};
+use crate::proto::mask::apply_mask;
+use crate::uring::{RingConfig, Runtime, TcpStream};
+use tokio::sync::Notify;
 
 /// How long a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -318,7 +316,7 @@ struct Shared {
 
 /// Prints a progress line on stderr every second until every thread has finished.
 fn show_progress(
-    handles: &[std::thread::JoinHandle<uringws::Result<Stats>>],
+    handles: &[std::thread::JoinHandle<crate::Result<Stats>>],
     shared: &Shared,
     start: Instant,
     sched: Schedule,
@@ -482,12 +480,19 @@ impl Stats {
 }
 
 /// One thread: its own io_uring runtime running `conns` connections to completion.
-fn thread_main(plan: Arc<Plan>, shared: Arc<Shared>, conns: usize) -> uringws::Result<Stats> {
-    let rt = uringws::server::runtime().map_err(|e| io_uring_unavailable(&e))?;
+fn thread_main(plan: Arc<Plan>, shared: Arc<Shared>, conns: usize) -> crate::Result<Stats> {
+    let rt = Runtime::new(RingConfig {
+        entries: 1024,
+        buffers: 64,
+        buffer_size: 64 << 10,
+    })
+    .map_err(|e| crate::error::io_uring_unavailable(&e))?;
     let stats = rt.block_on(async move {
         let stats = Rc::new(RefCell::new(Stats::default()));
         let tasks: Vec<_> = (0..conns)
-            .map(|_| tokio_uring::spawn(connection(plan.clone(), stats.clone(), shared.clone())))
+            .map(|_| {
+                tokio::task::spawn_local(connection(plan.clone(), stats.clone(), shared.clone()))
+            })
             .collect();
         for task in tasks {
             if task.await.is_err() {
@@ -499,29 +504,6 @@ fn thread_main(plan: Arc<Plan>, shared: Arc<Shared>, conns: usize) -> uringws::R
         stats.take()
     });
     Ok(stats)
-}
-
-/// The message shown when io_uring cannot be set up.
-fn io_uring_unavailable(e: &std::io::Error) -> Error {
-    let cause = match e.raw_os_error() {
-        Some(libc::EPERM) => {
-            "io_uring_setup was refused (EPERM): a seccomp profile or the sysctl \
-             kernel.io_uring_disabled=2 blocks it"
-        }
-        Some(libc::ENOSYS) => {
-            "io_uring_setup does not exist here (ENOSYS): the kernel is too old or a seccomp \
-             profile hides it"
-        }
-        Some(libc::ENOMEM) => {
-            "io_uring_setup ran out of locked memory (ENOMEM): raise RLIMIT_MEMLOCK"
-        }
-        _ => "io_uring_setup failed",
-    };
-    Error::IoUringUnavailable(format!(
-        "uringws load needs io_uring, but it is unavailable: {cause} ({e}). In a container, \
-         run with `--security-opt seccomp=docker/seccomp-io_uring.json`; on a host, check \
-         `sysctl kernel.io_uring_disabled`."
-    ))
 }
 
 /// A connection's state, shared by its reader, writer and controller tasks.
@@ -655,7 +637,7 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, shared: Arc<Shar
     };
     let _ = stream.set_nodelay(true);
     let conn = Rc::new(Conn::new(stream, plan.pipeline));
-    let controller = tokio_uring::spawn(controller(conn.clone(), plan.sched));
+    let controller = tokio::task::spawn_local(controller(conn.clone(), plan.sched));
 
     let mut buf = vec![0u8; plan.read_buffer];
     let mut writer_task = None;
@@ -671,7 +653,7 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, shared: Arc<Shar
             stats.borrow_mut().connected += 1;
             shared.open.fetch_add(1, Ordering::Relaxed);
             conn.progress.notify_waiters();
-            writer_task = Some(tokio_uring::spawn(writer(conn.clone(), plan.clone())));
+            writer_task = Some(tokio::task::spawn_local(writer(conn.clone(), plan.clone())));
             reader(&conn, &plan, &stats, &shared, buf, start, end).await;
             shared.open.fetch_sub(1, Ordering::Relaxed);
         }
@@ -709,8 +691,8 @@ async fn handshake(conn: &Conn, plan: &Plan, buf: &mut Vec<u8>) -> Result<(usize
     let mut scanner = HeadScanner::new(MAX_RESPONSE_HEAD);
     let mut end = 0;
     loop {
-        let (res, slice) = conn.stream.read(std::mem::take(buf).slice(end..)).await;
-        *buf = slice.into_inner();
+        let (res, back) = conn.stream.read_at(std::mem::take(buf), end).await;
+        *buf = back;
         match res {
             Ok(0) => return Err("the server closed the connection during the handshake".into()),
             Ok(n) => end += n,
@@ -1041,8 +1023,8 @@ async fn reader(
             start = 0;
         }
         // `max_frame` keeps every frame within half the buffer, so there is always room.
-        let (res, slice) = conn.stream.read(buf.slice(end..)).await;
-        buf = slice.into_inner();
+        let (res, back) = conn.stream.read_at(buf, end).await;
+        buf = back;
         now = Instant::now();
         match res {
             Ok(0) => {

@@ -1,0 +1,214 @@
+//! A TCP socket whose I/O goes through the thread's ring: sends and receives that own their
+//! buffers, a vectored send of shared payloads, connect, and a close that goes through the ring
+//! behind any submission still queued for the descriptor.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use bytes::Bytes;
+use io_uring::{opcode, types};
+
+use super::ops::{self, Op, Received, RecvMulti};
+use super::try_driver;
+use super::Completion;
+
+/// A connected TCP socket driven by the thread's ring.
+#[derive(Debug)]
+pub(crate) struct TcpStream {
+    fd: Option<OwnedFd>,
+}
+
+impl TcpStream {
+    /// Takes over a connected socket (blocking or not: io_uring does not care).
+    pub(crate) fn from_fd(fd: OwnedFd) -> TcpStream {
+        TcpStream { fd: Some(fd) }
+    }
+
+    /// Connects to `addr` through the ring.
+    pub(crate) async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM.cloexec(),
+            None,
+        )?;
+        let stream = TcpStream::from_fd(socket.into());
+        let (c, _) = ops::connect(stream.raw(), addr.into())?.await;
+        c.io()?;
+        Ok(stream)
+    }
+
+    /// The descriptor, for operations (it stays open while `self` lives).
+    pub(crate) fn raw(&self) -> RawFd {
+        self.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+
+    fn sock(&self) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(self)
+    }
+
+    /// Sets TCP_NODELAY.
+    pub(crate) fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.sock().set_tcp_nodelay(on)
+    }
+
+    /// The peer's address.
+    pub(crate) fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.sock()
+            .peer_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+
+    /// Shuts one or both directions down at once (a plain system call: it starts no
+    /// operation and ends the receives in flight).
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.sock().shutdown(how)
+    }
+
+    /// Receives once into `buf`'s spare capacity (which must not be empty), appending.
+    pub(crate) async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let op = match ops::recv_into(self.raw(), buf) {
+            Ok(op) => op,
+            Err(e) => return (Err(e), Vec::new()),
+        };
+        let (c, mut buf) = op.await;
+        match c.io() {
+            Ok(n) => {
+                // SAFETY: the kernel initialised `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n as usize) };
+                (Ok(n as usize), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    /// Receives once into `buf[at..capacity]`; the length grows over the bytes read when
+    /// they end past it (a zeroed buffer of full length keeps its length).
+    pub(crate) async fn read_at(&self, buf: Vec<u8>, at: usize) -> (io::Result<usize>, Vec<u8>) {
+        if at > buf.len() {
+            let e = io::Error::new(io::ErrorKind::InvalidInput, "read past the buffer's length");
+            return (Err(e), buf);
+        }
+        let op = match ops::recv_at(self.raw(), buf, at) {
+            Ok(op) => op,
+            Err(e) => return (Err(e), Vec::new()),
+        };
+        let (c, mut buf) = op.await;
+        match c.io() {
+            Ok(n) => {
+                let end = at + n as usize;
+                if end > buf.len() {
+                    // SAFETY: the kernel initialised `at..end`, and `..at` lies within the
+                    // length checked above.
+                    unsafe { buf.set_len(end) };
+                }
+                (Ok(n as usize), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    /// Starts sending `buf[offset..]` (submitted at the end of this loop turn); the
+    /// operation completes with the bytes sent, which may be fewer (see [`sent`]).
+    pub(crate) fn start_write(&self, buf: Vec<u8>, offset: usize) -> io::Result<Op<Vec<u8>>> {
+        ops::send(self.raw(), buf, offset)
+    }
+
+    /// Sends `buf[offset..]` once; the bytes sent may be fewer.
+    pub(crate) async fn write_at(
+        &self,
+        buf: Vec<u8>,
+        offset: usize,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        match self.start_write(buf, offset) {
+            Ok(op) => sent(op.await),
+            Err(e) => (Err(e), Vec::new()),
+        }
+    }
+
+    /// Sends all of `buf`.
+    pub(crate) async fn write_all(&self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let mut done = 0;
+        while done < buf.len() {
+            let (res, back) = self.write_at(buf, done).await;
+            buf = back;
+            match res {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => done += n,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Sends `parts` in order with one vectored send; returns the bytes sent (maybe fewer).
+    pub(crate) async fn writev(&self, parts: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
+        match ops::send_parts(self.raw(), parts) {
+            Ok(op) => {
+                let (c, sent) = op.await;
+                (c.io().map(|n| n as usize), sent.parts)
+            }
+            Err(e) => (Err(e), Vec::new()),
+        }
+    }
+
+    /// Starts a multishot receive into the ring's buffers.
+    pub(crate) fn recv_multi(&self) -> io::Result<RecvMulti> {
+        RecvMulti::new(self.raw())
+    }
+}
+
+/// A finished send as (bytes sent, the buffer).
+pub(crate) fn sent((c, buf): (Completion, Vec<u8>)) -> (io::Result<usize>, Vec<u8>) {
+    (c.io().map(|n| n as usize), buf)
+}
+
+impl AsFd for TcpStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_ref().expect("a TcpStream's descriptor").as_fd()
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        let Some(fd) = self.fd.take() else { return };
+        // Submissions for this descriptor may still sit in the ring's queue: a close system
+        // call now would let the number be reused (by another thread's accept, say) before
+        // they reach the kernel. The close goes through the ring, behind them.
+        if let Some(driver) = try_driver() {
+            let raw = fd.into_raw_fd();
+            let entry = opcode::Close::new(types::Fd(raw)).build();
+            // SAFETY: a close points to no memory.
+            if unsafe { driver.borrow_mut().start_detached(entry) }.is_ok() {
+                return;
+            }
+            // SAFETY: the push failed, so the descriptor is still ours to close.
+            drop(unsafe { OwnedFd::from_raw_fd(raw) });
+        }
+    }
+}
+
+/// Waits for the next delivery of the multishot receive `recv` (armed, or re-armed after it
+/// ended, on `stream`) and appends it to `buf`. Returns `Ok(false)` at EOF.
+pub(crate) async fn recv_append(
+    recv: &mut Option<RecvMulti>,
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+) -> io::Result<bool> {
+    loop {
+        let r = match recv {
+            Some(r) => r,
+            None => recv.insert(stream.recv_multi()?),
+        };
+        match r.recv().await {
+            Received::Data(b) => {
+                buf.extend_from_slice(&b);
+                return Ok(true);
+            }
+            Received::Eof => return Ok(false),
+            Received::Rearm => *recv = None,
+            Received::Err(e) => return Err(e),
+        }
+    }
+}
