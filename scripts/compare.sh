@@ -5,6 +5,14 @@
 #   tungstenite     bench/peers: tokio-tungstenite 0.30, tokio current_thread
 #   raw             bench/peers: raw-echo, the "framing floor" on tokio-uring (header rewrite
 #                   and a u64 unmask loop, no other WebSocket work; see its source)
+#   floor           FLOOR_DIR's uring-floor: a minimal WebSocket echo written directly on
+#                   io_uring (multishot accept and receive, provided buffers, one enter per
+#                   loop turn), what the kernel allows; built there, not part of this project
+#   epoll-floor     FLOOR_DIR's epoll-floor: the same on plain epoll
+#   uringws-old     UWS_OLD (a uringws binary of another commit), for an A/B in the same run
+#
+# SERVERS picks and orders them (default: uringws fastwebsockets tungstenite raw, then floor
+# and epoll-floor when FLOOR_DIR has them built, then uringws-old when UWS_OLD is set).
 #
 # Usage: scripts/compare.sh            (ROUNDS=3 DURATION=5 by default)
 #   ROUNDS       rounds of every case and server (default 3, at least 3)
@@ -12,13 +20,17 @@
 #   SERVER_CPU   CPU the server is pinned to (default 0); LOAD_CPU for `uringws load` (default 1)
 #   MEM_CONNS    idle connections for the memory check (default 10000; 0 skips it)
 #   SKIP_BUILD=1 uses the binaries already built
+#   CASE_FILTER  runs only the cases whose name matches this extended regular expression
+#   FLOOR_DIR    where the floors are (default ../shared/floor beside the project; built with
+#                `cargo build --release` there, into FLOOR_TARGET, default FLOOR_DIR/target)
 #
 # Method
 # - Each run starts a fresh server on its own port, pinned with `taskset -c $SERVER_CPU`, and
 #   `uringws load --threads 1 --json` pinned with `taskset -c $LOAD_CPU`.
 # - Order: for each round, for each case, each server in turn (A B C D A B C D ...), so that
 #   drift in the machine's load is spread over all servers.
-# - Server CPU per message: utime+stime of the server process (/proc/PID/stat, in clock ticks
+# - Server CPU per message: utime+stime of the server process, and each of the two (user
+#   space and kernel) separately, (/proc/PID/stat, in clock ticks
 #   of `getconf CLK_TCK`), sampled by this script at launch+WARMUP and launch+WARMUP+DURATION,
 #   i.e. at the load tool's own warm-up end and window end (it starts its clock as it starts,
 #   so the two windows agree to a few milliseconds). The delta is divided by `messages`, the
@@ -51,7 +63,16 @@ PEERS=$ROOT/bench/peers
 UWS=$ROOT/target/release/uringws
 PEER_BIN=$PEERS/target/release
 CLK_TCK=$(getconf CLK_TCK)
-SERVERS=(uringws fastwebsockets tungstenite raw)
+FLOOR_DIR=${FLOOR_DIR:-$ROOT/../shared/floor}
+FLOOR_BIN=${FLOOR_TARGET:-$FLOOR_DIR/target}/release
+if [ -n "${SERVERS:-}" ]; then
+  read -r -a SERVERS <<<"$SERVERS"
+else
+  SERVERS=(uringws fastwebsockets tungstenite raw)
+  [ -x "$FLOOR_BIN/uring-floor" ] && SERVERS+=(floor)
+  [ -x "$FLOOR_BIN/epoll-floor" ] && SERVERS+=(epoll-floor)
+  [ -n "${UWS_OLD:-}" ] && SERVERS+=(uringws-old)
+fi
 # name|connections|size|pipeline
 CASES=(
   "100 x 20 B|100|20|1"
@@ -61,6 +82,15 @@ CASES=(
   "100 x 20 B, pipeline 16|100|20|16"
   "10 x 1 MiB|10|1048576|1"
 )
+
+# CASE_FILTER: an extended regular expression; only the cases whose name matches run.
+if [ -n "${CASE_FILTER:-}" ]; then
+  kept=()
+  for c in "${CASES[@]}"; do
+    if [[ ${c%%|*} =~ $CASE_FILTER ]]; then kept+=("$c"); fi
+  done
+  CASES=("${kept[@]}")
+fi
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
 [ "$ROUNDS" -ge 3 ] 2>/dev/null || die "ROUNDS must be a number >= 3 (got '$ROUNDS')"
@@ -86,6 +116,13 @@ for b in "$UWS" "$PEER_BIN/fastwebsockets-echo" "$PEER_BIN/tungstenite-echo" \
          "$PEER_BIN/raw-echo" "$PEER_BIN/idle-conns"; do
   [ -x "$b" ] || die "$b is missing (build it, or unset SKIP_BUILD)"
 done
+for s in "${SERVERS[@]}"; do
+  case $s in
+    floor) [ -x "$FLOOR_BIN/uring-floor" ] || die "$FLOOR_BIN/uring-floor is missing" ;;
+    epoll-floor) [ -x "$FLOOR_BIN/epoll-floor" ] || die "$FLOOR_BIN/epoll-floor is missing" ;;
+    uringws-old) [ -x "${UWS_OLD:-}" ] || die "UWS_OLD must name a uringws binary" ;;
+  esac
+done
 
 mkdir -p "$OUT/logs"
 RUNS_JSONL=$OUT/runs.jsonl
@@ -110,9 +147,17 @@ start_server() {
     fastwebsockets) cmd=("$PEER_BIN/fastwebsockets-echo") ;;
     tungstenite)    cmd=("$PEER_BIN/tungstenite-echo") ;;
     raw)            cmd=("$PEER_BIN/raw-echo") ;;
+    uringws-old)    cmd=("$UWS_OLD" echo) ;;
   esac
   # taskset execs the server, so $! is the server's own pid.
-  taskset -c "$SERVER_CPU" "${cmd[@]}" --threads 1 --addr "$addr" >"$log" 2>&1 &
+  case $name in
+    floor|epoll-floor)
+      local bin=uring-floor
+      [ "$name" = epoll-floor ] && bin=epoll-floor
+      taskset -c "$SERVER_CPU" "$FLOOR_BIN/$bin" --addr 127.0.0.1 --port "$PORT" \
+        >"$log" 2>&1 & ;;
+    *) taskset -c "$SERVER_CPU" "${cmd[@]}" --threads 1 --addr "$addr" >"$log" 2>&1 & ;;
+  esac
   SPID=$!
   local i
   for i in $(seq 100); do
@@ -138,7 +183,7 @@ stop_server() {
 }
 trap 'stop_server' EXIT
 
-# utime+stime of process $1 in clock ticks.
+# "utime stime" of process $1 in clock ticks.
 cpu_ticks() {
   local stat
   stat=$(<"/proc/$1/stat")
@@ -146,7 +191,7 @@ cpu_ticks() {
   local -a f
   read -r -a f <<<"$rest"
   # Fields 14 and 15 of stat(5); `rest` starts at field 3.
-  echo $(( f[11] + f[12] ))
+  echo "${f[11]} ${f[12]}"
 }
 
 # "process irq total" clock ticks of CPU $1 from /proc/stat: time in processes (user nice
@@ -203,7 +248,13 @@ try:
     load = json.loads(open(path).read().strip().splitlines()[-1])
 except Exception as e:
     load = {"errors": None, "parse_error": str(e)}
-ticks = $c2 - $c1
+def split(t):
+    u, s = (int(x) for x in t.split())
+    return u, s
+u1, s1 = split("$c1"); u2, s2 = split("$c2")
+ticks = (u2 + s2) - (u1 + s1)
+uticks, sticks = u2 - u1, s2 - s1
+total_ticks = sum(split("$c3")) - sum(split("$c0"))
 k1, k2 = "$k1".split(), "$k2".split()
 core_proc, core_irq, core_total = (int(b) - int(a) for a, b in zip(k1, k2))
 msgs = load.get("messages") or 0
@@ -211,10 +262,13 @@ rec = {
     "round": $round, "case": "$name", "server": "$server",
     "connections": $conns, "size": $size, "pipeline": $pipeline,
     "duration_s": $DURATION, "warmup_s": $WARMUP, "load_exit": $rc,
-    "server_cpu_ticks_window": ticks, "server_cpu_ticks_total": $c3 - $c0,
+    "server_cpu_ticks_window": ticks, "server_cpu_ticks_total": total_ticks,
+    "server_user_ticks_window": uticks, "server_sys_ticks_window": sticks,
     "clk_tck": $CLK_TCK,
     "server_cpu_s_window": ticks / $CLK_TCK,
     "server_us_per_msg": (ticks / $CLK_TCK * 1e6 / msgs) if msgs else None,
+    "server_user_us_per_msg": (uticks / $CLK_TCK * 1e6 / msgs) if msgs else None,
+    "server_sys_us_per_msg": (sticks / $CLK_TCK * 1e6 / msgs) if msgs else None,
     # The server's core over the same window: ticks in processes, in irq/softirq, and all;
     # the share of its time that other processes took (other work on the machine).
     "server_core_process_ticks": core_proc, "server_core_irq_ticks": core_irq,
@@ -310,14 +364,25 @@ for c in cases:
             "msgs_per_sec": med([r["load"].get("msgs_per_sec") for r in rs]),
             "p99_us": med([r["load"].get("p99_us") for r in rs]),
             "server_us_per_msg": med([r["server_us_per_msg"] for r in rs]),
+            "server_user_us_per_msg": med([r.get("server_user_us_per_msg") for r in rs]),
+            "server_sys_us_per_msg": med([r.get("server_sys_us_per_msg") for r in rs]),
             "errors": sum((r["load"].get("errors") or 0) for r in rs),
             "server_core_foreign_share": med([r["server_core_foreign_share"] for r in rs]),
             "msgs_per_sec_rounds": [r["load"].get("msgs_per_sec") for r in rs],
         })
+def ratio(a, b):
+    return a / b if a and b else None
+
+def find(case, server):
+    return next((x for x in summary if x["case"] == case and x["server"] == server), None)
+
 for row in summary:
-    base = next(x for x in summary if x["case"] == row["case"] and x["server"] == "uringws")
-    row["ratio_to_uringws"] = (row["msgs_per_sec"] / base["msgs_per_sec"]
-                               if row["msgs_per_sec"] and base["msgs_per_sec"] else None)
+    base = find(row["case"], "uringws") or row
+    row["ratio_to_uringws"] = ratio(row["msgs_per_sec"], base["msgs_per_sec"])
+    # Server CPU per message against fastwebsockets and the io_uring floor (lower is better).
+    for peer, key in (("fastwebsockets", "cpu_vs_fastwebsockets"), ("floor", "cpu_vs_floor")):
+        other = find(row["case"], peer)
+        row[key] = ratio(row["server_us_per_msg"], other and other["server_us_per_msg"])
 
 elapsed = float(t1) - float(t0)
 doc = {
@@ -342,13 +407,15 @@ lines = [
     f"Median of {rounds} rounds, {duration} s measured after {warmup} s warm-up; each server "
     f"one thread on CPU {scpu}, `uringws load --threads 1` on CPU {lcpu}; kernel {kernel}.",
     "",
-    "| case | server | msgs/s | p99 µs | server µs/msg | msgs/s ÷ uringws | errors | other processes on server core |",
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| case | server | msgs/s | p99 µs | server µs/msg (user / sys) | CPU ÷ fastwebsockets | CPU ÷ floor | msgs/s ÷ uringws | errors | other processes on server core |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 for row in summary:
     lines.append(
         f"| {row['case']} | {row['server']} | {f(row['msgs_per_sec'], ',.0f')} | "
-        f"{f(row['p99_us'], '.0f')} | {f(row['server_us_per_msg'], '.2f')} | "
+        f"{f(row['p99_us'], '.0f')} | {f(row['server_us_per_msg'], '.2f')} "
+        f"({f(row['server_user_us_per_msg'], '.2f')} / {f(row['server_sys_us_per_msg'], '.2f')}) | "
+        f"{f(row['cpu_vs_fastwebsockets'], '.2f')} | {f(row['cpu_vs_floor'], '.2f')} | "
         f"{f(row['ratio_to_uringws'], '.2f')} | {row['errors']} | "
         f"{f(None if row['server_core_foreign_share'] is None else 100 * row['server_core_foreign_share'], '.0f')}% |")
 if mem:

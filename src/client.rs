@@ -402,7 +402,7 @@ impl Connector {
         let reader = Reader::new(ReaderConfig {
             max_frame: self.max_frame,
             max_message: self.max_message,
-            inline_limit: self.read_buffer_size,
+            inline_limit: self.read_buffer_size.min(crate::conn::DIRECT_READ_MIN),
             ..ReaderConfig::new(Role::Client)
         });
         let end = head.len();

@@ -242,7 +242,11 @@ fn shared_payloads_keep_their_order_through_partial_writes() {
         match f.opcode {
             0x9 => pings += 1,
             0x2 => {
-                let size = if order.len() < 5 { payload.len() } else { 20_000 };
+                let size = if order.len() < 5 {
+                    payload.len()
+                } else {
+                    20_000
+                };
                 assert!(f.payload[..] == payload[..size], "{size} bytes intact");
                 order.push("B".to_owned());
             }

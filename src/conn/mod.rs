@@ -21,7 +21,7 @@ mod writer;
 pub(crate) use close::{finish, linger};
 pub use info::ConnectionInfo;
 pub use receiver::Receiver;
-pub(crate) use receiver::RxState;
+pub(crate) use receiver::{RxState, DIRECT_READ_MIN};
 pub use sender::Sender;
 pub(crate) use shared::Conn;
 pub(crate) use watchdog::{watchdog, Phase, Timeouts};

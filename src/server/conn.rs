@@ -35,7 +35,7 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
         let reader = Reader::new(ReaderConfig {
             max_frame: config.max_frame_size,
             max_message: config.max_message_size,
-            inline_limit: config.read_buffer_size,
+            inline_limit: config.read_buffer_size.min(crate::conn::DIRECT_READ_MIN),
             ..ReaderConfig::new(Role::Server)
         });
         let end = head.len();

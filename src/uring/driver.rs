@@ -327,6 +327,14 @@ impl Driver {
         self.push(entry.user_data(UNTRACKED))
     }
 
+    /// Cancels multishot operation `index`, whose consumer stays: its last completions still
+    /// queue for it.
+    pub(crate) fn stop_multi(&mut self, index: usize) {
+        if let Slot::Multi { ended: false, .. } = self.slots[index] {
+            self.cancel(index);
+        }
+    }
+
     /// The consumer of multishot operation `index` went away: queued buffers go back to the
     /// ring, the operation is cancelled unless it ended, and the slot is freed at its end.
     pub(crate) fn drop_multi(&mut self, index: usize) {

@@ -83,6 +83,12 @@ impl TcpStream {
         }
     }
 
+    /// Starts receiving at most `max` bytes into `buf`'s spare capacity (appending); see
+    /// [`received`] for the outcome.
+    pub(crate) fn start_read(&self, buf: Vec<u8>, max: usize) -> io::Result<Op<Vec<u8>>> {
+        ops::recv_into_max(self.raw(), buf, max)
+    }
+
     /// Receives once into `buf[at..capacity]`; the length grows over the bytes read when
     /// they end past it (a zeroed buffer of full length keeps its length).
     pub(crate) async fn read_at(&self, buf: Vec<u8>, at: usize) -> (io::Result<usize>, Vec<u8>) {
@@ -156,6 +162,18 @@ impl TcpStream {
     /// Starts a multishot receive into the ring's buffers.
     pub(crate) fn recv_multi(&self) -> io::Result<RecvMulti> {
         RecvMulti::new(self.raw())
+    }
+}
+
+/// A finished [`TcpStream::start_read`] as (bytes read, the buffer with them appended).
+pub(crate) fn received((c, mut buf): (Completion, Vec<u8>)) -> (io::Result<usize>, Vec<u8>) {
+    match c.io() {
+        Ok(n) => {
+            // SAFETY: the kernel initialised `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            (Ok(n as usize), buf)
+        }
+        Err(e) => (Err(e), buf),
     }
 }
 

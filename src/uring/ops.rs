@@ -160,6 +160,12 @@ impl RecvMulti {
         }
     }
 
+    /// Asks the kernel to stop this receive. Deliveries that arrive before it stops still
+    /// come out of [`RecvMulti::recv`], then `Rearm`: nothing is lost.
+    pub(crate) fn stop(&mut self) {
+        self.multi.driver.borrow_mut().stop_multi(self.multi.index);
+    }
+
     /// Waits for the next delivery.
     pub(crate) async fn recv(&mut self) -> Received {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
@@ -302,9 +308,14 @@ pub(crate) fn recv_at(fd: RawFd, mut buf: Vec<u8>, at: usize) -> io::Result<Op<V
 
 /// Receives into `buf`'s spare capacity on `fd`, without a provided buffer; completes with
 /// the bytes read, which the caller then counts in (`set_len`).
-pub(crate) fn recv_into(fd: RawFd, mut buf: Vec<u8>) -> io::Result<Op<Vec<u8>>> {
+pub(crate) fn recv_into(fd: RawFd, buf: Vec<u8>) -> io::Result<Op<Vec<u8>>> {
+    recv_into_max(fd, buf, usize::MAX)
+}
+
+/// As [`recv_into`], but reads at most `max` bytes.
+pub(crate) fn recv_into_max(fd: RawFd, mut buf: Vec<u8>, max: usize) -> io::Result<Op<Vec<u8>>> {
     let spare = buf.spare_capacity_mut();
-    let len = spare.len().min(u32::MAX as usize) as u32;
+    let len = spare.len().min(max).min(u32::MAX as usize) as u32;
     let entry = opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr().cast(), len).build();
     // SAFETY: the entry points into `buf`'s heap spare capacity, which the `Op` keeps.
     unsafe { Op::new(buf, entry) }
