@@ -90,10 +90,10 @@ pub(crate) fn io_uring_unavailable(e: &io::Error) -> Error {
     ))
 }
 
-/// The oldest kernel the io_uring transport is known to work on: tokio-uring needs
-/// IORING_OP_ACCEPT/CONNECT (5.5), non-vectored READ/WRITE and CLOSE (5.6), and its driver is
-/// only reliable from 5.11 (it fails on 5.4).
-pub const MIN_KERNEL: (u32, u32) = (5, 11);
+/// The oldest kernel the io_uring transport works on: multishot receive (6.0) into a
+/// registered provided-buffer ring (5.19), multishot accept and cancellation of any request
+/// (5.19). SINGLE_ISSUER and DEFER_TASKRUN (6.1) are used where the kernel has them.
+pub const MIN_KERNEL: (u32, u32) = (6, 0);
 
 /// Parses the major and minor version from a kernel release string such as `6.1.0-18-amd64`.
 fn kernel_version(release: &str) -> Option<(u32, u32)> {
@@ -131,8 +131,8 @@ mod tests {
         assert_eq!(kernel_version("5.4.0"), Some((5, 4)));
         assert_eq!(kernel_version("5.15"), Some((5, 15)));
         assert_eq!(kernel_version("garbage"), None);
-        assert!(kernel_version("5.10.0").unwrap() < MIN_KERNEL);
-        assert!(kernel_version("5.11.0").unwrap() >= MIN_KERNEL);
+        assert!(kernel_version("5.19.0").unwrap() < MIN_KERNEL);
+        assert!(kernel_version("6.0.0").unwrap() >= MIN_KERNEL);
     }
 
     #[test]

@@ -89,7 +89,8 @@ impl TcpStream {
         ops::recv_into_max(self.raw(), buf, max)
     }
 
-    /// Receives once into `buf[at..capacity]`; the length grows over the bytes read when
+    #[cfg(feature = "cli")]
+    /// Receives once into `buf[at..capacity]` (the load generator reads this way); the length grows over the bytes read when
     /// they end past it (a zeroed buffer of full length keeps its length).
     pub(crate) async fn read_at(&self, buf: Vec<u8>, at: usize) -> (io::Result<usize>, Vec<u8>) {
         if at > buf.len() {

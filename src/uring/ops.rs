@@ -294,6 +294,7 @@ pub(crate) fn connect(
     unsafe { Op::new(addr, entry) }
 }
 
+#[cfg(feature = "cli")]
 /// Receives into `buf[at..capacity]` on `fd`; completes with the bytes read (the caller then
 /// extends the length over them if they end past it).
 pub(crate) fn recv_at(fd: RawFd, mut buf: Vec<u8>, at: usize) -> io::Result<Op<Vec<u8>>> {
