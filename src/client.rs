@@ -26,7 +26,7 @@ use crate::uring::{recv_append, TcpStream};
 use rand::{Rng, SeedableRng};
 
 use crate::conn::buffers::{BufferPool, ReadBuf};
-use crate::conn::{finish, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, Timeouts};
+use crate::conn::{finish, writer, Conn, ConnectionInfo, Phase, RxState, Timeouts};
 use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
 use crate::proto::frame::Role;
@@ -333,7 +333,7 @@ impl Connector {
             Some(Box::new(move || rng.gen())),
             pool.clone(),
         );
-        tokio::task::spawn_local(watchdog(conn.clone()));
+        conn.watch();
         let (res, _) = conn.stream.write_all(request).await;
         if let Err(e) = res {
             conn.set_phase(Phase::Done);

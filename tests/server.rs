@@ -304,3 +304,77 @@ fn frames_queued_from_other_tasks_and_after_awaits_go_out() {
     drop(c);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn many_timeouts_on_one_thread_each_fire_on_time() {
+    // One thread's timers carry all of these at once: handshakes that never come, closes the
+    // peer never answers, and active connections whose idle deadline keeps moving.
+    let handler = |ws: uringws::WebSocket| async move {
+        let (mut rx, tx) = ws.split();
+        while let Some(msg) = rx.recv().await? {
+            if msg.payload() == b"close me" {
+                tx.close(uringws::CloseCode::NORMAL, "")?;
+            } else {
+                tx.send(msg).await?;
+            }
+        }
+        Ok(())
+    };
+    let config = local(1)
+        .handshake_timeout(Duration::from_millis(300))
+        .close_timeout(Duration::from_millis(400))
+        .idle_timeout(Some(Duration::from_millis(500)));
+    let Some(server) = start_with(config, handler) else {
+        return;
+    };
+    let addr = server.local_addr();
+    let start = std::time::Instant::now();
+    let silent: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        })
+        .collect();
+    let mut unanswered: Vec<Client> = (0..50).map(|_| Client::connect(addr)).collect();
+    for c in &mut unanswered {
+        c.send(true, OpCode::Text, b"close me");
+    }
+    let mut active: Vec<Client> = (0..10).map(|_| Client::connect(addr)).collect();
+    // The active ones talk every 100 ms for 1.2 s: past the idle timeout, never idle for it.
+    for _ in 0..12 {
+        for c in &mut active {
+            c.send(true, OpCode::Text, b"still here");
+            assert_eq!(c.read_frame().unwrap().payload, b"still here");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The silent ones were dropped at the handshake timeout.
+    for mut s in silent {
+        let mut b = [0u8; 16];
+        match std::io::Read::read(&mut s, &mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a silent connection got {other:?}"),
+        }
+    }
+    // The unanswered closes ended at the close timeout: a close frame, then the server's end.
+    for c in &mut unanswered {
+        let f = c.read_frame().expect("the close frame");
+        assert_eq!(f.opcode, 0x8);
+        c.expect_eof();
+    }
+    let elapsed = start.elapsed();
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    // The active ones are open; once they stop talking, the idle timeout closes them.
+    for c in &mut active {
+        c.send(true, OpCode::Text, b"last");
+        assert_eq!(c.read_frame().unwrap().payload, b"last");
+    }
+    for c in &mut active {
+        let f = c.read_frame().expect("the idle close");
+        assert_eq!(f.opcode, 0x8);
+        assert_eq!(u16::from_be_bytes([f.payload[0], f.payload[1]]), 1001);
+    }
+    server.shutdown().unwrap();
+}

@@ -3,7 +3,7 @@
 use std::net::Shutdown;
 use std::rc::Rc;
 
-use crate::conn::{shared::Conn, watchdog::Phase};
+use crate::conn::{shared::Conn, timers::Phase};
 use crate::proto::close::CloseCode;
 
 /// Ends an open connection: queues a close with `code` unless one was sent, waits (bounded by

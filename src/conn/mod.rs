@@ -1,7 +1,7 @@
 //! What both roles share: one open WebSocket connection over io_uring. The receiving half
 //! reads into the connection's buffer and hands out borrowed messages; the sending half queues
 //! frames under a byte limit; the writer task owns the socket's single in-flight write; the
-//! watchdog enforces the timeouts. Nothing here knows who accepted or connected the socket.
+//! thread's timers enforce the timeouts. Nothing here knows who accepted or connected the socket.
 //!
 //! Replies are corked: `send` only appends an encoded frame to the queue; the writer runs when
 //! the handler next waits (typically for the next read), so every reply produced from one read
@@ -14,7 +14,7 @@ mod outbox;
 mod receiver;
 mod sender;
 mod shared;
-mod watchdog;
+mod timers;
 mod websocket;
 mod writer;
 
@@ -24,6 +24,6 @@ pub use receiver::Receiver;
 pub(crate) use receiver::{RxState, DIRECT_READ_MIN};
 pub use sender::Sender;
 pub(crate) use shared::Conn;
-pub(crate) use watchdog::{watchdog, Phase, Timeouts};
+pub(crate) use timers::{Phase, Timeouts};
 pub use websocket::WebSocket;
 pub(crate) use writer::{corked, writer};

@@ -5,7 +5,7 @@ use std::any::Any;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use crate::conn::{
     info::ConnectionInfo,
     outbox::{Handed, Outbox, WriterSignal},
     receiver::RxState,
-    watchdog::{Phase, Timeouts},
+    timers::{Phase, Timeouts},
     writer::KEEP_WRITE_CAPACITY,
 };
 use crate::error::{Error, Result};
@@ -47,8 +47,12 @@ pub(crate) struct Conn {
     pub(super) handed: RefCell<Option<Handed>>,
     /// Wakes senders when queue space frees up, and waiters for the writer's end.
     pub(super) progress: Notify,
-    /// Wakes the watchdog when the phase or deadline changes.
-    pub(super) wake_watchdog: Notify,
+    /// This connection, for the thread's timers (which must not keep it alive).
+    pub(super) me: Weak<Conn>,
+    /// The time of this connection's current entry in the thread's timers, if any.
+    pub(super) timer_at: Cell<Option<Instant>>,
+    /// When the last keep-alive ping was sent.
+    pub(super) pinged_at: Cell<Option<Instant>>,
     pub(crate) phase: Cell<Phase>,
     /// When the phase began (handshake, closing) or the last byte arrived (open).
     pub(crate) last_activity: Cell<Instant>,
@@ -80,7 +84,10 @@ impl Conn {
         mask: Option<MaskFn>,
         pool: Rc<BufferPool>,
     ) -> Rc<Conn> {
-        Rc::new(Conn {
+        Rc::new_cyclic(|me| Conn {
+            me: me.clone(),
+            timer_at: Cell::new(None),
+            pinged_at: Cell::new(None),
             stream,
             outbox: RefCell::default(),
             wake_writer: WriterSignal::default(),
@@ -88,7 +95,6 @@ impl Conn {
             corked: Cell::new(false),
             handed: RefCell::new(None),
             progress: Notify::new(),
-            wake_watchdog: Notify::new(),
             phase: Cell::new(Phase::Handshake),
             last_activity: Cell::new(Instant::now()),
             close_received: Cell::new(false),
@@ -119,7 +125,16 @@ impl Conn {
     pub(crate) fn set_phase(&self, phase: Phase) {
         self.phase.set(phase);
         self.last_activity.set(Instant::now());
-        self.wake_watchdog.notify_one();
+        if let Some(at) = super::timers::next_deadline(self) {
+            super::timers::schedule(self, at);
+        }
+    }
+
+    /// Puts the connection on its thread's timers (the handshake timeout, from now).
+    pub(crate) fn watch(&self) {
+        if let Some(at) = super::timers::next_deadline(self) {
+            super::timers::schedule(self, at);
+        }
     }
 
     pub(super) fn mask_key(&self) -> Option<[u8; 4]> {

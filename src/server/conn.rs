@@ -1,13 +1,15 @@
 //! One server connection from accept to close: the handshake read through the connection's
-//! multishot receive, plain HTTP answers, the handler's run, the closing handshake, and the watchdog that
-//! enforces every timeout by shutting the socket down (never by dropping an in-flight read).
+//! multishot receive, plain HTTP answers, the handler's run and the closing handshake. Its
+//! timeouts are on the thread's timers from the accept on.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use crate::conn::buffers::ReadBuf;
 use crate::conn::{
-    corked, finish, linger, watchdog, writer, Conn, ConnectionInfo, Phase, RxState, WebSocket,
+    corked, finish, linger, writer, Conn, ConnectionInfo, Phase, RxState, WebSocket,
 };
 use crate::proto::close::CloseCode;
 use crate::proto::frame::Role;
@@ -29,8 +31,10 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
         ctx.buffers.clone(),
     );
     ctx.register(id, conn.clone());
-    tokio::task::spawn_local(watchdog(conn.clone()));
-    if let Some((head, start, recv)) = handshake(&ctx, &conn, peer).await {
+    conn.watch();
+    // Boxed, as is the closing below: every open connection's task holds this future for its
+    // whole life, and the handshake's state (1.5 KiB of it, unboxed) is needed only at first.
+    if let Some((head, start, recv)) = Box::pin(handshake(&ctx, &conn, peer)).await {
         let config = &ctx.config;
         let reader = Reader::new(ReaderConfig {
             max_frame: config.max_frame_size,
@@ -41,7 +45,10 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
         let end = head.len();
         let buf = ReadBuf::Heap(head);
         let state = RxState::new(buf, start, end, reader, ctx.buffers.clone(), recv);
-        run(&ctx, conn, state).await;
+        // The handler's future (boxed) takes the WebSocket here, so that this task's future
+        // does not keep room for the receive state beside it.
+        let handler = (ctx.handler)(WebSocket::new(conn.clone(), state));
+        run(conn, handler).await;
     }
     ctx.unregister(id);
 }
@@ -195,11 +202,10 @@ async fn finish_plain(conn: &Conn) {
 }
 
 /// Runs the handler on an open WebSocket, then completes the closing handshake.
-async fn run(ctx: &ThreadCtx, conn: Rc<Conn>, state: RxState) {
+async fn run(conn: Rc<Conn>, handler: Pin<Box<dyn Future<Output = crate::Result<()>>>>) {
     // The phase is already `Open` (or `Closing`, when a shutdown came during the 101).
     let writer_task = tokio::task::spawn_local(writer(conn.clone()));
-    let ws = WebSocket::new(conn.clone(), state);
-    let result = corked(&conn, (ctx.handler)(ws)).await;
+    let result = corked(&conn, handler).await;
     if let Err(e) = &result {
         tracing::debug!(error = %e, "handler ended with an error");
     }
@@ -207,6 +213,6 @@ async fn run(ctx: &ThreadCtx, conn: Rc<Conn>, state: RxState) {
         Ok(()) => CloseCode::NORMAL,
         Err(_) => CloseCode::INTERNAL_ERROR,
     };
-    finish(&conn, code).await;
+    Box::pin(finish(&conn, code)).await;
     let _ = writer_task.await;
 }
