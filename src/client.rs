@@ -1,4 +1,4 @@
-//! The client role over tokio-uring: connect to a `ws://` URL, validate the server's 101, and
+//! The client role: connect to a `ws://` URL through the ring, validate the server's 101, and
 //! talk with the same [`WebSocket`] API as the server side. Every frame is masked with a fresh
 //! key from a ChaCha-based generator seeded once from the OS (no system call per frame).
 //!
@@ -276,8 +276,8 @@ impl Connector {
         Ok(())
     }
 
-    /// Connects to `url` and completes the opening handshake. Must run inside a tokio-uring
-    /// runtime. Errors: [`Error::Config`] for a bad or `wss://` URL, [`Error::Io`] when the
+    /// Connects to `url` and completes the opening handshake. Must run inside an uringws
+    /// runtime ([`block_on`], [`Runtime`], or a server's handler). Errors: [`Error::Config`] for a bad or `wss://` URL, [`Error::Io`] when the
     /// connection fails or times out, [`Error::Handshake`] when the server refuses or answers
     /// wrongly.
     pub async fn connect(&self, url: &str) -> Result<WebSocket> {

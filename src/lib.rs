@@ -1,12 +1,18 @@
-//! uringws: a WebSocket (RFC 6455) server library for Linux whose I/O runs on io_uring.
+//! uringws: a WebSocket (RFC 6455) server and client library for Linux whose I/O runs on
+//! io_uring natively.
 //!
-//! Two layers, kept apart:
+//! The layers, kept apart:
 //!
 //! - [`proto`] knows bytes: the handshake, frames, masking, UTF-8, message reassembly and close
 //!   codes, as pure code over byte slices with no sockets, no async and no clock.
-//! - [`server`] knows io_uring: one thread per core, each with its own tokio-uring runtime,
-//!   `SO_REUSEPORT` listener and registered read buffers. Frames are parsed where they land in
-//!   the read buffer, unmasked in place, and handed to the application as borrowed slices.
+//! - The connection core ([`WebSocket`], [`Receiver`], [`Sender`]) is shared by both roles:
+//!   frames are parsed where the kernel put them, unmasked in place, and handed to the
+//!   application as borrowed slices; replies are queued and leave in one write per batch.
+//! - [`server`] and [`client`] know their role: listening, accepting and the server handshake;
+//!   connecting and the client handshake.
+//! - One private module knows io_uring: each thread's ring inside a tokio current-thread
+//!   runtime, multishot accept and receive into a provided-buffer ring, operations that own
+//!   their buffers until they complete.
 //!
 //! A hello-world echo server:
 //!

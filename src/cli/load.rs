@@ -1,6 +1,6 @@
 //! `uringws load`: a WebSocket echo load generator over io_uring.
 //!
-//! `C` connections are spread over `T` OS threads, each running its own tokio-uring runtime.
+//! `C` connections are spread over `T` OS threads, each running its own io_uring runtime.
 //! Every connection keeps `K` messages in flight: its reader task parses the echoes, checks
 //! each one byte for byte against what was sent, records the round-trip latency and asks the
 //! writer task for one more message; the writer coalesces everything pending into one write.
@@ -618,7 +618,8 @@ impl Conn {
 async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, shared: Arc<Shared>) {
     let addr = plan.target.addr;
     let deadline = (Instant::now() + CONNECT_TIMEOUT).min(plan.sched.measure_end);
-    // A connect owns no caller buffer; tokio-uring cancels it when the runtime ends.
+    // A connect dropped at the deadline is cancelled by the driver, which keeps its address
+    // until the completion.
     let connected = tokio::time::timeout_at(deadline.into(), TcpStream::connect(addr)).await;
     let stream = match connected {
         Ok(Ok(stream)) => stream,

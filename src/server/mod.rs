@@ -1,6 +1,6 @@
-//! The io_uring transport, built on tokio-uring: the [`Server`] builder and its [`Config`],
-//! one thread per core each with its own ring and registered read buffers, all accepting from
-//! one listening socket, and graceful shutdown (on a [`ShutdownHandle`] or a signal).
+//! The server role: the [`Server`] builder and its [`Config`], one thread per core each with its
+//! own io_uring runtime and provided-buffer ring, all accepting from one listening socket, and
+//! graceful shutdown (on a [`ShutdownHandle`] or a signal).
 //!
 //! ```no_run
 //! uringws::Server::bind("127.0.0.1:9001")?
@@ -715,7 +715,7 @@ impl ThreadCtx {
 
 /// Opens the server's one listening socket: `SO_REUSEADDR` (a restart need not wait for
 /// TIME_WAIT connections to expire), `SO_REUSEPORT` only when asked for, a backlog of 1024.
-/// Blocking, as tokio-uring's accept needs. Every thread accepts from a descriptor of it.
+/// Every thread accepts from a descriptor of it (with a multishot accept).
 fn listen(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let open = || -> std::io::Result<Socket> {
