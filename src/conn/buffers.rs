@@ -141,6 +141,12 @@ impl BufferPool {
         }
     }
 
+    /// A checked-out heap buffer that will not come back (a read that owned it was dropped
+    /// with its connection): it no longer counts as out.
+    pub(crate) fn forget(&self) {
+        self.heap_out.set(self.heap_out.get().saturating_sub(1));
+    }
+
     /// Gives a buffer back: a ring buffer returns to the ring when dropped; a heap one is kept
     /// for reuse (within the recent peak demand) or freed, and one that grew past the read
     /// size goes to the large buffers.

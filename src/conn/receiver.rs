@@ -57,6 +57,11 @@ pub(crate) struct RxState {
 
 impl Drop for RxState {
     fn drop(&mut self) {
+        // A read still in flight keeps its buffer until its completion (the driver holds it);
+        // a heap one from the pool then no longer counts as out.
+        if let Some(Single::Heap(_)) = self.single.take() {
+            self.pool.forget();
+        }
         self.pool
             .checkin(std::mem::replace(&mut self.buf, ReadBuf::Taken));
         self.release_large();

@@ -124,6 +124,7 @@ impl Driver {
             |_| false,
         ];
         let mut last = None;
+        // UWS_NO_DEFER (set to anything) skips DEFER_TASKRUN, to compare the two modes.
         let skip = usize::from(std::env::var_os("UWS_NO_DEFER").is_some());
         for setup in attempts.into_iter().skip(skip) {
             let mut builder = IoUring::builder();
