@@ -148,6 +148,15 @@ impl RecvMulti {
 
     fn received(&self, c: Completion) -> Received {
         match (c.io(), c.buffer()) {
+            (Ok(0), Some(bid)) => {
+                // End of stream with a buffer picked all the same: it goes straight back.
+                drop(RecvBuf::new(
+                    self.multi.driver.borrow().bufs.clone(),
+                    bid,
+                    0,
+                ));
+                Received::Eof
+            }
             (Ok(n), Some(bid)) => {
                 let ring = self.multi.driver.borrow().bufs.clone();
                 Received::Data(RecvBuf::new(ring, bid, n as usize))
