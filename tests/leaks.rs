@@ -9,21 +9,12 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{local, start_with, Client};
+use common::{local, rss_kib, start_with, Client};
 use uringws::proto::frame::{write_frame, OpCode};
 use uringws::WebSocket;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn rss_kib() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// Echoes, except: "quit" returns at once, "hold" keeps a receive in a `select!` that a

@@ -150,15 +150,6 @@ fn connection_limit_answers_503() {
     server.shutdown().unwrap();
 }
 
-fn rss_kib() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
     let app = local(1)

@@ -125,12 +125,11 @@ impl Conn {
     pub(crate) fn set_phase(&self, phase: Phase) {
         self.phase.set(phase);
         self.last_activity.set(Instant::now());
-        if let Some(at) = super::timers::next_deadline(self) {
-            super::timers::schedule(self, at);
-        }
+        self.watch();
     }
 
-    /// Puts the connection on its thread's timers (the handshake timeout, from now).
+    /// Puts the connection on its thread's timers for its current phase (from accept or
+    /// connect: the handshake timeout).
     pub(crate) fn watch(&self) {
         if let Some(at) = super::timers::next_deadline(self) {
             super::timers::schedule(self, at);

@@ -108,22 +108,10 @@ pub(crate) async fn corked<F: Future>(conn: &Conn, handler: F) -> F::Output {
 }
 
 /// After a single write of `buf` that wrote `res` bytes, writes the rest, as `write_all`.
-pub(super) async fn write_rest(conn: &Conn, (res, mut buf): Written<usize>) -> Written<()> {
+pub(super) async fn write_rest(conn: &Conn, (res, buf): Written<usize>) -> Written<()> {
     match res {
         Ok(0) if !buf.is_empty() => (Err(std::io::ErrorKind::WriteZero.into()), buf),
-        Ok(mut n) if n < buf.len() => {
-            while n < buf.len() {
-                let (res, back) = conn.stream.write_at(buf, n).await;
-                buf = back;
-                match res {
-                    Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), buf),
-                    Ok(m) => n += m,
-                    Err(e) => return (Err(e), buf),
-                }
-            }
-            (Ok(()), buf)
-        }
-        Ok(_) => (Ok(()), buf),
+        Ok(n) => conn.stream.write_all_from(buf, n).await,
         Err(e) => (Err(e), buf),
     }
 }

@@ -68,18 +68,9 @@ impl TcpStream {
 
     /// Receives once into `buf`'s spare capacity (which must not be empty), appending.
     pub(crate) async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        let op = match ops::recv_into(self.raw(), buf) {
-            Ok(op) => op,
-            Err(e) => return (Err(e), Vec::new()),
-        };
-        let (c, mut buf) = op.await;
-        match c.io() {
-            Ok(n) => {
-                // SAFETY: the kernel initialised `n` bytes of the spare capacity.
-                unsafe { buf.set_len(buf.len() + n as usize) };
-                (Ok(n as usize), buf)
-            }
-            Err(e) => (Err(e), buf),
+        match ops::recv_into(self.raw(), buf) {
+            Ok(op) => received(op.await),
+            Err(e) => (Err(e), Vec::new()),
         }
     }
 
@@ -135,8 +126,16 @@ impl TcpStream {
     }
 
     /// Sends all of `buf`.
-    pub(crate) async fn write_all(&self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let mut done = 0;
+    pub(crate) async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        self.write_all_from(buf, 0).await
+    }
+
+    /// Sends `buf[done..]`, all of it (the rest of a partial write).
+    pub(crate) async fn write_all_from(
+        &self,
+        mut buf: Vec<u8>,
+        mut done: usize,
+    ) -> (io::Result<()>, Vec<u8>) {
         while done < buf.len() {
             let (res, back) = self.write_at(buf, done).await;
             buf = back;

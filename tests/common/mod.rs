@@ -50,6 +50,16 @@ pub fn uring_available() -> bool {
     }
 }
 
+/// This process's resident memory (VmRSS) in KiB.
+pub fn rss_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// A server on 127.0.0.1 with a free port and `threads` threads.
 pub fn local(threads: usize) -> Server {
     Server::bind("127.0.0.1:0").unwrap().threads(threads)
