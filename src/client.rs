@@ -29,6 +29,7 @@ use crate::conn::buffers::{BufferPool, ReadBuf};
 use crate::conn::{finish, writer, Conn, ConnectionInfo, Phase, RxState, Timeouts};
 use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
+use crate::proto::deflate::{self, Compression, Compressor};
 use crate::proto::frame::Role;
 use crate::proto::handshake::{self, HeadScanner};
 use crate::proto::message::{Reader, ReaderConfig, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
@@ -82,6 +83,7 @@ pub struct Connector {
     max_message: u64,
     read_buffer_size: usize,
     send_queue_limit: usize,
+    compression: Compression,
 }
 
 impl Default for Connector {
@@ -99,6 +101,7 @@ impl Default for Connector {
             max_message: DEFAULT_MAX_MESSAGE,
             read_buffer_size: 64 << 10,
             send_queue_limit: 1 << 20,
+            compression: Compression::OFF,
         }
     }
 }
@@ -240,6 +243,14 @@ impl Connector {
         self
     }
 
+    /// Offers permessage-deflate (RFC 7692) with these settings (default: off). With
+    /// [`Compression::shared`] the offer asks for no context takeover both ways, so that the
+    /// connection keeps no compression state between messages.
+    pub fn compression(mut self, c: Compression) -> Self {
+        self.compression = c;
+        self
+    }
+
     /// Refuses settings that cannot work, naming the field (nothing is clamped silently).
     fn validate(&self) -> Result<()> {
         let bad = |field, value: String, allowed: &str| {
@@ -249,6 +260,9 @@ impl Connector {
                 allowed: allowed.to_owned(),
             })
         };
+        if let Err(why) = self.compression.validate() {
+            return bad("compression", format!("{:?}", self.compression), &why);
+        }
         if !(256..=crate::Config::MAX_READ_BUFFER).contains(&self.read_buffer_size) {
             return bad(
                 "read_buffer_size",
@@ -310,10 +324,12 @@ impl Connector {
         let mut rng = rand::rngs::StdRng::from_entropy();
         let key = handshake::client_key(rng.gen());
         let protocols: Vec<&str> = self.protocols.iter().map(String::as_str).collect();
+        let offer = deflate::client_offer(&self.compression);
         let headers: Vec<(&str, &str)> = self
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
+            .chain(offer.as_deref().map(|o| ("Sec-WebSocket-Extensions", o)))
             .collect();
         let mut request = Vec::new();
         handshake::write_client_request(
@@ -378,7 +394,18 @@ impl Connector {
                 }
             }
         };
-        let response = match handshake::check_response(&head[..head_len], &key, &protocols, &[]) {
+        let offered: &[&str] = if offer.is_some() {
+            &[deflate::EXTENSION]
+        } else {
+            &[]
+        };
+        let checked = handshake::check_response(&head[..head_len], &key, &protocols, offered)
+            .and_then(|r| {
+                let agreed = deflate::accept_response(r.extensions(), &self.compression)
+                    .map_err(|e| handshake::ClientHandshakeError::ExtensionParams(e.0))?;
+                Ok((r, agreed))
+            });
+        let (response, agreed) = match checked {
             Ok(r) => r,
             Err(e) => {
                 let _ = conn.stream.shutdown(std::net::Shutdown::Both);
@@ -403,8 +430,12 @@ impl Connector {
             max_frame: self.max_frame,
             max_message: self.max_message,
             inline_limit: self.read_buffer_size.min(crate::conn::DIRECT_READ_MIN),
+            inflate: agreed.map(|a| a.receive),
             ..ReaderConfig::new(Role::Client)
         });
+        if let Some(a) = agreed {
+            conn.set_compressor(Compressor::new(a.send, &self.compression));
+        }
         let end = head.len();
         let state = RxState::new(ReadBuf::Heap(head), head_len, end, reader, pool, recv);
         conn.set_phase(Phase::Open);

@@ -43,8 +43,8 @@ pub use error::{Error, Result, MIN_KERNEL};
 pub use proto::close::CloseCode;
 pub use proto::message::{Message, OwnedMessage};
 pub use server::{
-    shutdown_signal, Config, ConnectionInfo, HttpResponse, Receiver, Request, RunningServer,
-    Sender, Server, ShutdownHandle, UpgradeRequest, WebSocket,
+    shutdown_signal, Compression, Config, ConnectionInfo, HttpResponse, Receiver, Request,
+    RunningServer, Sender, Server, ShutdownHandle, UpgradeRequest, WebSocket,
 };
 
 /// The README's Rust examples, compiled as doctests so that they cannot drift from the API.

@@ -75,6 +75,16 @@ struct EchoArgs {
     /// Shutdown grace period in seconds.
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     shutdown_grace: f64,
+    /// permessage-deflate: off, shared (no compression state per connection) or
+    /// dedicated[:WINDOW_BITS] (per-connection context, windows of 9 to 15 bits).
+    #[arg(long, default_value = "off")]
+    compression: uringws::Compression,
+    /// zlib level for outgoing compressed messages (0 to 9).
+    #[arg(long, default_value_t = 1)]
+    compression_level: u32,
+    /// Messages shorter than this many bytes go out uncompressed.
+    #[arg(long, default_value_t = uringws::proto::deflate::DEFAULT_MIN_SIZE)]
+    compression_min_size: usize,
 }
 
 /// Parses a number of seconds: finite, zero or more, at most a year.
@@ -109,6 +119,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("handshake_timeout", "--handshake-timeout"),
     ("close_timeout", "--close-timeout"),
     ("send_queue_limit", "--send-queue"),
+    ("compression", "--compression/--compression-level"),
 ];
 
 /// An error of `uringws echo`, with a configuration error named by its flag.
@@ -166,6 +177,11 @@ fn echo(args: EchoArgs) -> uringws::Result<()> {
         .shutdown_grace(secs(args.shutdown_grace))
         .registered_buffers(args.registered_buffers)
         .reuse_port(args.reuse_port)
+        .compression(
+            args.compression
+                .level(args.compression_level)
+                .min_size(args.compression_min_size),
+        )
         .http(|req| match req.path {
             "/healthz" => HttpResponse::text(200, "ok\n"),
             _ => HttpResponse::upgrade_required(),

@@ -23,12 +23,29 @@ use crate::conn::{
 };
 use crate::error::{Error, Result};
 use crate::proto::close::{write_close_payload, CloseCode};
-use crate::proto::frame::{encode_header, write_frame, OpCode, MAX_HEADER_LEN};
+use crate::proto::deflate::Compressor;
+use crate::proto::frame::{encode_header, write_frame, write_frame_rsv, OpCode, MAX_HEADER_LEN};
 use crate::uring::TcpStream;
 
 /// Payloads of at least this many bytes sent as `Bytes` are written from where they are
 /// rather than copied into the send queue (and their buffers go back to the pool after).
 pub(super) const SHARE_MIN: usize = LARGE_MIN;
+
+/// The largest shared payload whose compressed form the thread remembers.
+const SHARED_CACHE_MAX: usize = 1 << 20;
+
+/// The RSV bit of a compressed message's first frame.
+const RSV1: u8 = 0x40;
+
+thread_local! {
+    /// Where a message is compressed before it is framed.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The last shared payload compressed without context takeover.
+    static LAST_SHARED: RefCell<Option<Compressed>> = const { RefCell::new(None) };
+}
+
+/// A shared payload, the compressor settings it was compressed with, its compressed form.
+type Compressed = (Bytes, (u8, u32), Bytes);
 
 /// A source of mask keys (client role).
 pub(crate) type MaskFn = Box<dyn FnMut() -> [u8; 4]>;
@@ -74,6 +91,9 @@ pub(crate) struct Conn {
     pub(super) pool: Rc<BufferPool>,
     /// The application's per-connection data (see [`Sender::set_data`]).
     pub(super) data: RefCell<Option<Rc<dyn Any>>>,
+    /// Compresses outgoing messages when permessage-deflate was agreed (set by the
+    /// handshake). Boxed: most connections have none.
+    pub(super) deflate: RefCell<Option<Box<Compressor>>>,
 }
 
 impl Conn {
@@ -106,6 +126,7 @@ impl Conn {
             mask: mask.map(RefCell::new),
             pool,
             data: RefCell::new(None),
+            deflate: RefCell::new(None),
         })
     }
 
@@ -204,20 +225,53 @@ impl Conn {
     /// Queues a data frame, waiting while the queue is above the high-water mark.
     pub(super) async fn queue_data(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
         self.wait_to_queue().await?;
-        self.encode_data(opcode, payload);
+        let mut deflate = self.deflate.borrow_mut();
+        match deflate.as_deref_mut().filter(|c| c.wants(payload.len())) {
+            Some(c) => SCRATCH.with(|z| {
+                let mut z = z.borrow_mut();
+                z.clear();
+                c.compress(payload, &mut z);
+                self.encode_frame(RSV1, opcode, &z);
+                if z.capacity() > KEEP_WRITE_CAPACITY {
+                    *z = Vec::new();
+                }
+            }),
+            None => self.encode_frame(0, opcode, payload),
+        }
         Ok(())
+    }
+
+    /// Sets the compressor that permessage-deflate's agreement calls for.
+    pub(crate) fn set_compressor(&self, c: Compressor) {
+        *self.deflate.borrow_mut() = Some(Box::new(c));
     }
 
     /// Queues a data frame whose payload is shared rather than copied when it is large (and
     /// the frame is not masked), waiting while the queue is above the high-water mark.
     pub(super) async fn queue_shared(&self, opcode: OpCode, payload: Bytes) -> Result<()> {
-        self.wait_to_queue().await?;
+        // `Some(Some(key))`: compressed without context; `Some(None)`: with context.
+        let compress = match self.deflate.borrow().as_deref() {
+            Some(c) if c.wants(payload.len()) => Some(c.is_stateless().then(|| c.key())),
+            _ => None,
+        };
+        let (rsv, payload) = match compress {
+            Some(Some(key)) => {
+                // Compressed once for every connection it is sent to with the same settings.
+                self.wait_to_queue().await?;
+                (RSV1, self.compress_shared(key, payload))
+            }
+            Some(None) => return self.queue_data(opcode, &payload).await,
+            None => {
+                self.wait_to_queue().await?;
+                (0, payload)
+            }
+        };
         if payload.len() < SHARE_MIN || self.mask.is_some() {
-            self.encode_data(opcode, &payload);
+            self.encode_frame(rsv, opcode, &payload);
             return Ok(());
         }
         let mut header = [0u8; MAX_HEADER_LEN];
-        let n = encode_header(&mut header, true, 0, opcode, None, payload.len() as u64);
+        let n = encode_header(&mut header, true, rsv, opcode, None, payload.len() as u64);
         let mut ob = self.outbox.borrow_mut();
         let mut head = Vec::with_capacity(ob.data.len() + n);
         head.extend_from_slice(&ob.data);
@@ -251,8 +305,32 @@ impl Conn {
         Ok(())
     }
 
-    /// Encodes a data frame (copying the payload) at the end of the queue.
-    pub(super) fn encode_data(&self, opcode: OpCode, payload: &[u8]) {
+    /// The compressed form of a shared payload for a compressor without context takeover
+    /// whose settings are `key`: the thread remembers the last one, so that a payload sent
+    /// to many connections is compressed once. (The remembered `Bytes` keeps the original
+    /// alive, so an equal pointer and length mean the same bytes.)
+    fn compress_shared(&self, key: (u8, u32), payload: Bytes) -> Bytes {
+        LAST_SHARED.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some((orig, k, z)) = &*last {
+                if *k == key && orig.as_ptr() == payload.as_ptr() && orig.len() == payload.len() {
+                    return z.clone();
+                }
+            }
+            let mut z = Vec::new();
+            if let Some(c) = self.deflate.borrow_mut().as_deref_mut() {
+                c.compress(&payload, &mut z);
+            }
+            let z = Bytes::from(z);
+            // A large payload is not kept alive for a later send that may never come.
+            *last = (payload.len() <= SHARED_CACHE_MAX).then(|| (payload, key, z.clone()));
+            z
+        })
+    }
+
+    /// Encodes a data frame (copying the payload) at the end of the queue; `rsv` is
+    /// [`RSV1`] for a compressed payload.
+    pub(super) fn encode_frame(&self, rsv: u8, opcode: OpCode, payload: &[u8]) {
         let key = self.mask_key();
         let mut ob = self.outbox.borrow_mut();
         let need = ob.data.len() + payload.len() + MAX_HEADER_LEN;
@@ -266,7 +344,7 @@ impl Conn {
                 ob.data.reserve_exact(need.next_multiple_of(64 << 10) - len);
             }
         }
-        write_frame(&mut ob.data, true, opcode, key, payload);
+        write_frame_rsv(&mut ob.data, true, rsv, opcode, key, payload);
         drop(ob);
         self.queued();
     }

@@ -45,6 +45,9 @@ pub enum ProtocolError {
     /// A text message or close reason was not valid UTF-8 (section 8.1).
     #[error("invalid UTF-8 in text")]
     InvalidUtf8,
+    /// A compressed message did not inflate (RFC 7692 section 7.2.2).
+    #[error("compressed data that does not inflate")]
+    InflateFailed,
     /// A close frame had a 1-byte payload (section 5.5.1).
     #[error("close frame payload of 1 byte")]
     CloseLength,
@@ -54,11 +57,11 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    /// The close code to send in answer to this error: 1007 for invalid UTF-8, 1009 for
+    /// The close code to send in answer to this error: 1007 for invalid UTF-8 and data that does not inflate, 1009 for
     /// size limits, 1002 for everything else.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::InvalidUtf8 | ProtocolError::InflateFailed => CloseCode::INVALID_PAYLOAD,
             ProtocolError::FrameTooBig | ProtocolError::MessageTooBig => CloseCode::MESSAGE_TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }

@@ -233,8 +233,20 @@ pub fn write_frame(
     mask: Option<[u8; 4]>,
     payload: &[u8],
 ) {
+    write_frame_rsv(out, fin, 0, opcode, mask, payload);
+}
+
+/// [`write_frame`] with RSV bits (`0x40` is RSV1, which marks a compressed message).
+pub fn write_frame_rsv(
+    out: &mut Vec<u8>,
+    fin: bool,
+    rsv: u8,
+    opcode: OpCode,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) {
     let mut header = [0u8; MAX_HEADER_LEN];
-    let n = encode_header(&mut header, fin, 0, opcode, mask, payload.len() as u64);
+    let n = encode_header(&mut header, fin, rsv, opcode, mask, payload.len() as u64);
     out.reserve(n + payload.len());
     out.extend_from_slice(&header[..n]);
     let at = out.len();

@@ -686,6 +686,9 @@ pub enum ClientHandshakeError {
     /// The server accepted an extension the client did not offer.
     #[error("server accepted an extension that was not offered: {0}")]
     Extension(String),
+    /// The server's permessage-deflate parameters are malformed or not what was offered.
+    #[error("bad permessage-deflate answer: {0}")]
+    ExtensionParams(String),
 }
 
 /// The parts of a server's `101` a client needs.
@@ -695,6 +698,13 @@ pub struct ServerResponse<'a> {
     pub protocol: Option<&'a str>,
     /// All header lines of the response.
     pub headers: Vec<Header<'a>>,
+}
+
+impl<'a> ServerResponse<'a> {
+    /// The extensions the server accepted (`Sec-WebSocket-Extensions` items, in order).
+    pub fn extensions(&self) -> impl Iterator<Item = &'a str> + '_ {
+        list_items(&self.headers, "sec-websocket-extensions")
+    }
 }
 
 /// Validates a server's response head (as delimited by [`HeadScanner`]) to a request made with

@@ -12,6 +12,7 @@
 use bytes::Bytes;
 
 use crate::proto::close::{parse_close_payload, CloseCode, CloseFrame};
+use crate::proto::deflate::{Inflater, Stream};
 use crate::proto::frame::{decode_header, DecodeLimits, Decoded, FrameHeader, OpCode, Role};
 use crate::proto::mask::apply_mask;
 use crate::proto::utf8::Utf8Validator;
@@ -36,6 +37,10 @@ pub struct ReaderConfig {
     pub max_message: u64,
     /// RSV bits a negotiated extension allows (`0x40` for RSV1); 0 without extensions.
     pub allowed_rsv: u8,
+    /// The peer's compressed stream, when permessage-deflate was agreed: RSV1 on the first
+    /// frame of a message marks it compressed, and it is inflated into the reassembly buffer,
+    /// with the size limits applied to the inflated bytes. Implies RSV1 in `allowed_rsv`.
+    pub inflate: Option<Stream>,
     /// A single-frame message whose header and payload together fit in this many bytes is
     /// waited for whole and handed out in place; larger ones stream into an owned buffer.
     /// Set it to the capacity of the buffer the caller reads into (and compact that buffer so
@@ -51,6 +56,7 @@ impl ReaderConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_message: DEFAULT_MAX_MESSAGE,
             allowed_rsv: 0,
+            inflate: None,
             inline_limit: 64 << 10,
         }
     }
@@ -162,6 +168,12 @@ pub struct Reader {
     direct_from: Option<usize>,
     /// A message that a direct read completed, reported by the next `advance`.
     pending: Option<Ready>,
+    /// The message in progress is compressed (RSV1 on its first frame).
+    compressed: bool,
+    /// Where the current frame's bytes start in `assembled` (its inflated size is limited).
+    frame_start: usize,
+    /// The decompressor: kept for a stream with context takeover, per message otherwise.
+    inflater: Option<Inflater>,
 }
 
 impl Reader {
@@ -176,6 +188,9 @@ impl Reader {
             utf8: Utf8Validator::new(),
             direct_from: None,
             pending: None,
+            compressed: false,
+            frame_start: 0,
+            inflater: None,
         }
     }
 
@@ -296,9 +311,14 @@ impl Reader {
                 State::Failed(e) => return Err(e),
                 State::Closed => return Ok(Advance::more(buf.len())),
                 State::Header => {
+                    let deflate_rsv = if self.config.inflate.is_some() {
+                        0x40
+                    } else {
+                        0
+                    };
                     let limits = DecodeLimits {
                         role: self.config.role,
-                        allowed_rsv: self.config.allowed_rsv,
+                        allowed_rsv: self.config.allowed_rsv | deflate_rsv,
                         max_frame: self.config.max_frame,
                     };
                     let header = match decode_header(&buf[consumed..], &limits)? {
@@ -380,15 +400,19 @@ impl Reader {
                         return Ok(Advance::more(consumed));
                     }
                     let piece = &mut buf[consumed..consumed + avail];
-                    let text = self.kind == Some(Kind::Text);
-                    unmask_and_check(
-                        piece,
-                        &header,
-                        &mut remaining,
-                        &mut phase,
-                        text.then_some(&mut self.utf8),
-                    )?;
-                    self.assembled.extend_from_slice(piece);
+                    if self.compressed {
+                        self.inflate_piece(piece, &header, &mut remaining, &mut phase)?;
+                    } else {
+                        let text = self.kind == Some(Kind::Text);
+                        unmask_and_check(
+                            piece,
+                            &header,
+                            &mut remaining,
+                            &mut phase,
+                            text.then_some(&mut self.utf8),
+                        )?;
+                        self.assembled.extend_from_slice(piece);
+                    }
                     consumed += avail;
                     if let Some(ready) = self.end_piece(header, remaining, phase) {
                         if ready.is_some() {
@@ -450,7 +474,8 @@ impl Reader {
         let State::Stream { remaining, .. } = self.state else {
             return None;
         };
-        if remaining == 0 || remaining < min as u64 || self.direct_from.is_some() {
+        if remaining == 0 || remaining < min as u64 || self.direct_from.is_some() || self.compressed
+        {
             return None;
         }
         let len = self.assembled.len();
@@ -509,6 +534,12 @@ impl Reader {
     /// Applies the message-level rules to a new frame header and picks how to receive it.
     fn start_frame(&mut self, header: FrameHeader) -> Result<State, ProtocolError> {
         let len = header.payload_len;
+        // RSV1 is permessage-deflate's, and only on the first frame of a data message.
+        let rsv1 = header.rsv & 0x40 != 0 && self.config.inflate.is_some();
+        if rsv1 && (header.opcode.is_control() || header.opcode == OpCode::Continuation) {
+            return Err(ProtocolError::ReservedBits);
+        }
+        self.frame_start = self.assembled.len();
         let kind = match header.opcode {
             OpCode::Ping | OpCode::Pong | OpCode::Close => {
                 // At most 125 bytes (checked by the decoder): always received in place.
@@ -522,10 +553,12 @@ impl Reader {
                 if self.kind.is_none() {
                     return Err(ProtocolError::UnexpectedContinuation);
                 }
-                if self.assembled.len() as u64 + len > self.config.max_message {
-                    return Err(ProtocolError::MessageTooBig);
+                if !self.compressed {
+                    if self.assembled.len() as u64 + len > self.config.max_message {
+                        return Err(ProtocolError::MessageTooBig);
+                    }
+                    self.reserve(len);
                 }
-                self.reserve(len);
                 return Ok(State::Stream {
                     header,
                     remaining: len,
@@ -536,11 +569,14 @@ impl Reader {
             OpCode::Text => Kind::Text,
             OpCode::Binary => Kind::Binary,
         };
-        if len > self.config.max_message {
+        // A compressed message's limits hold on its inflated bytes, checked as they come.
+        if len > self.config.max_message && !rsv1 {
             return Err(ProtocolError::MessageTooBig);
         }
         self.utf8.reset();
-        if header.fin && header.header_len as u64 + len <= self.config.inline_limit as u64 {
+        self.compressed = rsv1;
+        if !rsv1 && header.fin && header.header_len as u64 + len <= self.config.inline_limit as u64
+        {
             return Ok(State::Inline {
                 header,
                 done: 0,
@@ -549,12 +585,54 @@ impl Reader {
         }
         self.kind = Some(kind);
         self.assembled.clear();
-        self.reserve(len);
+        self.frame_start = 0;
+        if !rsv1 {
+            self.reserve(len);
+        }
         Ok(State::Stream {
             header,
             remaining: len,
             phase: 0,
         })
+    }
+
+    /// Unmasks one piece of a compressed frame's payload, inflates it into the reassembly
+    /// buffer (never past the frame and message limits), and validates the text it makes.
+    fn inflate_piece(
+        &mut self,
+        piece: &mut [u8],
+        header: &FrameHeader,
+        remaining: &mut u64,
+        phase: &mut usize,
+    ) -> Result<(), ProtocolError> {
+        if let Some(key) = header.mask {
+            *phase = apply_mask(piece, key, *phase);
+        }
+        *remaining -= piece.len() as u64;
+        let last = *remaining == 0 && header.fin;
+        let limit = self
+            .config
+            .max_message
+            .min(self.frame_start as u64 + self.config.max_frame);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let from = self.assembled.len();
+        let peer = self.config.inflate.unwrap_or(Stream {
+            no_context_takeover: true,
+            window_bits: 15,
+        });
+        let inflater = self.inflater.get_or_insert_with(|| Inflater::new(peer));
+        inflater.inflate(piece, last, &mut self.assembled, limit)?;
+        if self.kind == Some(Kind::Text) {
+            self.utf8
+                .feed(&self.assembled[from..], last)
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        if last && inflater.per_message() {
+            if let Some(inflater) = self.inflater.take() {
+                inflater.recycle();
+            }
+        }
+        Ok(())
     }
 
     /// Reserves room for `len` more bytes, but never far ahead of what has arrived.
@@ -1106,5 +1184,158 @@ mod tests {
             let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
             let _ = drive_with(&mut r, &chunks, 256, direct.then_some((0, false)));
         }
+    }
+
+    fn deflating(takeover: bool) -> (Reader, crate::proto::deflate::Compressor) {
+        use crate::proto::deflate::{Compression, Compressor};
+        let stream = Stream {
+            no_context_takeover: !takeover,
+            window_bits: 15,
+        };
+        let reader = Reader::new(ReaderConfig {
+            inflate: Some(stream),
+            max_message: 1 << 20,
+            inline_limit: 4096,
+            ..ReaderConfig::new(Role::Server)
+        });
+        (
+            reader,
+            Compressor::new(stream, &Compression::shared().min_size(0)),
+        )
+    }
+
+    fn compressed(
+        c: &mut crate::proto::deflate::Compressor,
+        op: OpCode,
+        payload: &[u8],
+        pieces: usize,
+    ) -> Vec<u8> {
+        let mut z = Vec::new();
+        c.compress(payload, &mut z);
+        let step = z.len().div_ceil(pieces).max(1);
+        let mut wire = Vec::new();
+        let parts: Vec<&[u8]> = if z.is_empty() {
+            vec![&[][..]]
+        } else {
+            z.chunks(step).collect()
+        };
+        for (i, part) in parts.iter().enumerate() {
+            let first = i == 0;
+            let fin = i + 1 == parts.len();
+            let op = if first { op } else { OpCode::Continuation };
+            let rsv = if first { 0x40 } else { 0 };
+            crate::proto::frame::write_frame_rsv(&mut wire, fin, rsv, op, Some(KEY), part);
+        }
+        wire
+    }
+
+    #[test]
+    fn compressed_messages_inflate_whole_and_fragmented() {
+        for takeover in [false, true] {
+            let (mut r, mut c) = deflating(takeover);
+            let text = "{\"type\":\"message\",\"text\":\"hello hello hello\"}".repeat(50);
+            let mut wire = compressed(&mut c, OpCode::Text, text.as_bytes(), 1);
+            wire.extend(compressed(&mut c, OpCode::Binary, &[7u8; 5000], 3));
+            wire.extend(compressed(&mut c, OpCode::Text, b"", 1));
+            // An uncompressed message between them.
+            wire.extend(masked(true, OpCode::Text, b"plain"));
+            wire.extend(compressed(&mut c, OpCode::Text, text.as_bytes(), 4));
+            let chunks: Vec<&[u8]> = wire.chunks(7).collect();
+            let got = drive(&mut r, &chunks, 4096).unwrap();
+            assert_eq!(
+                got,
+                vec![
+                    OwnedMessage::Text(Bytes::from(text.clone())),
+                    OwnedMessage::Binary(Bytes::from(vec![7u8; 5000])),
+                    OwnedMessage::Text(Bytes::new()),
+                    OwnedMessage::Text(Bytes::from_static(b"plain")),
+                    OwnedMessage::Text(Bytes::from(text.clone())),
+                ],
+                "takeover {takeover}"
+            );
+        }
+    }
+
+    #[test]
+    fn uncompressed_message_on_a_deflate_connection_stays_in_place() {
+        let (mut r, _) = deflating(false);
+        let mut wire = masked(true, OpCode::Binary, b"zero-copy");
+        let a = r.advance(&mut wire).unwrap();
+        assert_eq!(a.ready.unwrap().in_buffer(), Some(6..15));
+    }
+
+    #[test]
+    fn rsv1_where_it_does_not_belong_is_a_protocol_error() {
+        let (mut r, mut c) = deflating(false);
+        let mut wire = compressed(&mut c, OpCode::Text, b"abc", 1);
+        wire[0] |= 0x00;
+        // RSV1 on a continuation frame.
+        let mut bad = Vec::new();
+        crate::proto::frame::write_frame(&mut bad, false, OpCode::Text, Some(KEY), b"a");
+        crate::proto::frame::write_frame_rsv(
+            &mut bad,
+            true,
+            0x40,
+            OpCode::Continuation,
+            Some(KEY),
+            b"b",
+        );
+        assert_eq!(
+            drive(&mut r, &[&bad], 4096),
+            Err(ProtocolError::ReservedBits)
+        );
+        // RSV1 on a control frame.
+        let (mut r, _) = deflating(false);
+        let mut ping = Vec::new();
+        crate::proto::frame::write_frame_rsv(&mut ping, true, 0x40, OpCode::Ping, Some(KEY), b"");
+        assert_eq!(
+            drive(&mut r, &[&ping], 4096),
+            Err(ProtocolError::ReservedBits)
+        );
+        // RSV1 without the extension.
+        assert_eq!(
+            drive(&mut server(4096), &[&wire], 4096),
+            Err(ProtocolError::ReservedBits)
+        );
+        // Data that does not inflate, and inflated text that is not UTF-8.
+        let (mut r, _) = deflating(false);
+        let mut junk = Vec::new();
+        crate::proto::frame::write_frame_rsv(
+            &mut junk,
+            true,
+            0x40,
+            OpCode::Binary,
+            Some(KEY),
+            &[0xff; 9],
+        );
+        assert_eq!(
+            drive(&mut r, &[&junk], 4096),
+            Err(ProtocolError::InflateFailed)
+        );
+        let (mut r, mut c) = deflating(false);
+        let latin1 = compressed(&mut c, OpCode::Text, &[b'a', 0xe9, b'b'], 1);
+        assert_eq!(
+            drive(&mut r, &[&latin1], 4096),
+            Err(ProtocolError::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn a_compressed_bomb_stops_at_the_message_limit() {
+        let (mut r, _) = deflating(false);
+        let mut c = crate::proto::deflate::Compressor::new(
+            Stream {
+                no_context_takeover: true,
+                window_bits: 15,
+            },
+            &crate::proto::deflate::Compression::shared().level(9),
+        );
+        let bomb = compressed(&mut c, OpCode::Binary, &vec![0u8; 8 << 20], 1);
+        assert!(bomb.len() < 64 << 10);
+        assert_eq!(
+            drive(&mut r, &[&bomb], 4096),
+            Err(ProtocolError::MessageTooBig)
+        );
+        assert!(r.assembled.capacity() <= (1 << 20) + (32 << 10));
     }
 }

@@ -6,10 +6,12 @@
 //! - [`utf8`]: fail-fast UTF-8 validation across fragments.
 //! - [`message`]: the receive state machine (reassembly, limits, control frames).
 //! - [`close`]: close codes and close payloads.
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation and the codecs.
 //!
 //! Every violation by the peer is a [`ProtocolError`] carrying the close code to answer with.
 
 pub mod close;
+pub mod deflate;
 mod error;
 pub mod frame;
 pub mod handshake;

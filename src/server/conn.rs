@@ -12,6 +12,7 @@ use crate::conn::{
     corked, finish, linger, writer, Conn, ConnectionInfo, Phase, RxState, WebSocket,
 };
 use crate::proto::close::CloseCode;
+use crate::proto::deflate::{self, Agreed, Compressor};
 use crate::proto::frame::Role;
 use crate::proto::handshake::{self, Handshake, HeadScanner, UpgradeRequest};
 use crate::proto::message::{Reader, ReaderConfig};
@@ -34,14 +35,18 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
     conn.watch();
     // Boxed, as is the closing below: every open connection's task holds this future for its
     // whole life, and the handshake's state (1.5 KiB of it, unboxed) is needed only at first.
-    if let Some((head, start, recv)) = Box::pin(handshake(&ctx, &conn, peer)).await {
+    if let Some((head, start, recv, agreed)) = Box::pin(handshake(&ctx, &conn, peer)).await {
         let config = &ctx.config;
         let reader = Reader::new(ReaderConfig {
             max_frame: config.max_frame_size,
             max_message: config.max_message_size,
             inline_limit: config.read_buffer_size.min(crate::conn::DIRECT_READ_MIN),
+            inflate: agreed.map(|a| a.receive),
             ..ReaderConfig::new(Role::Server)
         });
+        if let Some(a) = agreed {
+            conn.set_compressor(Compressor::new(a.send, &config.compression));
+        }
         let end = head.len();
         let buf = ReadBuf::Heap(head);
         let state = RxState::new(buf, start, end, reader, ctx.buffers.clone(), recv);
@@ -54,15 +59,15 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
 }
 
 /// Reads requests until a WebSocket upgrade is accepted; answers plain HTTP requests and
-/// refusals. Returns the bytes received (`head[start..]` followed the upgrade request) and
-/// the receive, still armed; `None` when the connection closed.
+/// refusals. Returns the bytes received (`head[start..]` followed the upgrade request), the
+/// receive, still armed, and the compression agreed; `None` when the connection closed.
 ///
 /// Until bytes arrive the connection holds no buffer: the kernel picks one from the ring.
 async fn handshake(
     ctx: &ThreadCtx,
     conn: &Conn,
     peer: SocketAddr,
-) -> Option<(Vec<u8>, usize, Option<RecvMulti>)> {
+) -> Option<(Vec<u8>, usize, Option<RecvMulti>, Option<Agreed>)> {
     let config = &ctx.config;
     let mut recv = None;
     let mut head = Vec::new();
@@ -106,7 +111,7 @@ async fn handshake(
                 response.write(request.method == "HEAD", keep_alive, &mut out);
             }
             Ok(Handshake::WebSocket(upgrade)) => match accept(ctx, &upgrade, &mut out) {
-                Ok(protocol) => {
+                Ok((protocol, agreed)) => {
                     let info = connection_info(&upgrade, protocol, peer);
                     // Open from here on: a shutdown that comes while the 101 is being written
                     // queues a close frame, which the writer sends after it, instead of
@@ -120,7 +125,7 @@ async fn handshake(
                     }
                     tracing::debug!(%peer, path = info.path, "upgraded");
                     let _ = conn.info.set(info);
-                    return Some((head, head_len, recv));
+                    return Some((head, head_len, recv, agreed));
                 }
                 Err(response) => {
                     tracing::debug!(%peer, status = response.status, "upgrade refused by the application");
@@ -141,13 +146,14 @@ async fn handshake(
     }
 }
 
-/// Decides the upgrade: the application's check, then the subprotocol. Writes the 101 into
-/// `out` and returns the chosen subprotocol, or the refusal to send.
+/// Decides the upgrade: the application's check, the subprotocol, then permessage-deflate.
+/// Writes the 101 into `out` and returns the chosen subprotocol and the compression agreed,
+/// or the refusal to send (400 for a malformed extension offer).
 fn accept(
     ctx: &ThreadCtx,
     upgrade: &UpgradeRequest<'_>,
     out: &mut Vec<u8>,
-) -> Result<Option<String>, HttpResponse> {
+) -> Result<(Option<String>, Option<Agreed>), HttpResponse> {
     if let Some(check) = &ctx.check {
         check(upgrade)?;
     }
@@ -160,9 +166,12 @@ fn accept(
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    handshake::write_accept(upgrade, protocol, None, &extra, out)
+    let deflate = deflate::negotiate(upgrade.extensions(), &ctx.config.compression)
+        .map_err(|e| HttpResponse::text(400, &format!("{e}\n")))?;
+    let extensions = deflate.as_ref().map(|(_, header)| header.as_str());
+    handshake::write_accept(upgrade, protocol, extensions, &extra, out)
         .map_err(|e| HttpResponse::text(500, &format!("{e}\n")))?;
-    Ok(protocol.map(str::to_owned))
+    Ok((protocol.map(str::to_owned), deflate.map(|(a, _)| a)))
 }
 
 fn connection_info(

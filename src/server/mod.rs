@@ -34,6 +34,7 @@ use tokio::sync::watch;
 
 use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
+pub use crate::proto::deflate::Compression;
 use crate::proto::message::{DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
 
 use crate::conn::buffers::BufferPool;
@@ -96,6 +97,11 @@ pub struct Config {
     /// "address in use" instead of silently sharing the traffic. (The threads of one server
     /// share one socket either way.)
     pub reuse_port: bool,
+    /// permessage-deflate (RFC 7692): [`Compression::OFF`] (the default) declines every offer;
+    /// [`Compression::shared`] keeps no compression state per connection (one compressor
+    /// and one decompressor per thread, no context takeover either way);
+    /// [`Compression::dedicated`] gives each connection its own, with context takeover.
+    pub compression: Compression,
 }
 
 impl Config {
@@ -128,6 +134,7 @@ impl Default for Config {
             response_headers: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             reuse_port: false,
+            compression: Compression::OFF,
         }
     }
 }
@@ -249,6 +256,14 @@ impl Config {
                 "response_headers",
                 format_args!("{name:?}: {value:?}"),
                 "names must be HTTP tokens and values free of control characters",
+            )?;
+        }
+        if let Err(why) = self.compression.validate() {
+            check(
+                false,
+                "compression",
+                format_args!("{:?}", self.compression),
+                &why,
             )?;
         }
         Ok(())
@@ -425,6 +440,12 @@ impl Server {
     /// Sets the subprotocols the server speaks, in its order of preference.
     pub fn subprotocols<S: Into<String>>(mut self, p: impl IntoIterator<Item = S>) -> Self {
         self.config.subprotocols = p.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`Config::compression`] (permessage-deflate; default off).
+    pub fn compression(mut self, c: Compression) -> Self {
+        self.config.compression = c;
         self
     }
 
