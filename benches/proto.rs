@@ -1,5 +1,5 @@
 //! Benchmarks of the sans-I/O protocol core: masking, header decoding, the handshake, UTF-8
-//! validation and the message reader.
+//! validation, the message reader and permessage-deflate.
 //!
 //! Run with `cargo bench --bench proto` (about a minute and a half), one group with
 //! `cargo bench --bench proto -- mask`, or everything once as a smoke test with
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 
+use uringws::proto::deflate::{Compression, Compressor, Inflater, Stream};
 use uringws::proto::frame::{decode_header, write_frame, DecodeLimits, OpCode, Role};
 use uringws::proto::handshake::{accept_key, parse, Handshake, HeadScanner, DEFAULT_MAX_REQUEST};
 use uringws::proto::mask::{apply_mask, apply_mask_bytewise};
@@ -215,9 +216,49 @@ fn reader(c: &mut Criterion) {
     group.finish();
 }
 
+/// permessage-deflate on 1 KiB of JSON-like text, without context takeover (each message on
+/// its own, as in shared mode): compressing at zlib levels 1, 2 and 6, and inflating. The
+/// compressed size of each level is printed once.
+fn deflate(c: &mut Criterion) {
+    let text = uringws::cli::load::json_like(1024);
+    let stream = Stream {
+        no_context_takeover: true,
+        window_bits: 15,
+    };
+    let mut group = c.benchmark_group("deflate");
+    group.throughput(Throughput::Bytes(text.len() as u64));
+    let mut wire = Vec::new();
+    for level in [1, 2, 6] {
+        let mut comp = Compressor::new(stream, &Compression::shared().level(level));
+        let mut out = Vec::with_capacity(2048);
+        assert!(comp.compress(&text, &mut out));
+        eprintln!("deflate level {level}: 1024 -> {} bytes", out.len());
+        if level == 1 {
+            wire = out.clone();
+        }
+        group.bench_function(BenchmarkId::new("compress_1KiB_json", level), |b| {
+            b.iter(|| {
+                out.clear();
+                comp.compress(black_box(&text), &mut out)
+            })
+        });
+    }
+    let mut inflater = Inflater::new(stream);
+    let mut out = Vec::with_capacity(2048);
+    group.bench_function("inflate_1KiB_json", |b| {
+        b.iter(|| {
+            out.clear();
+            let r = inflater.inflate(black_box(&wire), true, &mut out, 1 << 20);
+            inflater.reset();
+            r
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = mask, decode, handshake, utf8, reader
+    targets = mask, decode, handshake, utf8, reader, deflate
 }
 criterion_main!(benches);

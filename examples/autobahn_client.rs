@@ -1,12 +1,16 @@
-//! The Autobahn|Testsuite client testee: `autobahn_client ws://127.0.0.1:9001 AGENT` fetches
-//! the case count from a `wstest -m fuzzingserver`, runs every case as an echo client, and
-//! asks for the report.
+//! The Autobahn|Testsuite client testee: `autobahn_client ws://127.0.0.1:9001 AGENT [COMPRESSION]`
+//! fetches the case count from a `wstest -m fuzzingserver`, runs every case as an echo client
+//! offering permessage-deflate (`shared` by default; `off`, `dedicated[:BITS]`), and asks for
+//! the report.
 
 use uringws::client::{self, Connector};
-use uringws::{Error, Message};
+use uringws::{Compression, Error, Message};
 
-async fn echo_case(url: &str) -> Result<(), Error> {
-    let ws = Connector::new().connect(url).await?;
+async fn echo_case(url: &str, compression: Compression) -> Result<(), Error> {
+    let ws = Connector::new()
+        .compression(compression)
+        .connect(url)
+        .await?;
     let (mut rx, tx) = ws.split();
     while let Some(msg) = rx.recv().await? {
         tx.send(msg).await?;
@@ -14,7 +18,7 @@ async fn echo_case(url: &str) -> Result<(), Error> {
     Ok(())
 }
 
-async fn run(base: &str, agent: &str) -> Result<(), Error> {
+async fn run(base: &str, agent: &str, compression: Compression) -> Result<(), Error> {
     let ws = client::connect(&format!("{base}/getCaseCount")).await?;
     let (mut rx, _tx) = ws.split();
     let count: u32 = match rx.recv().await? {
@@ -26,7 +30,7 @@ async fn run(base: &str, agent: &str) -> Result<(), Error> {
     eprintln!("autobahn_client: {count} cases");
     for case in 1..=count {
         let url = format!("{base}/runCase?case={case}&agent={agent}");
-        if let Err(e) = echo_case(&url).await {
+        if let Err(e) = echo_case(&url, compression).await {
             // Many cases end in a protocol error on purpose; the report judges them.
             eprintln!("case {case}: {e}");
         }
@@ -42,8 +46,19 @@ fn main() {
         .nth(1)
         .unwrap_or_else(|| "ws://127.0.0.1:9001".into());
     let agent = std::env::args().nth(2).unwrap_or_else(|| "uringws".into());
+    let compression = match std::env::args()
+        .nth(3)
+        .unwrap_or_else(|| "shared".into())
+        .parse()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("autobahn_client: {e}");
+            std::process::exit(2);
+        }
+    };
     let base = base.trim_end_matches('/').to_owned();
-    match client::block_on(run(&base, &agent)) {
+    match client::block_on(run(&base, &agent, compression)) {
         Ok(Ok(())) => {}
         Ok(Err(e)) | Err(e) => {
             eprintln!("autobahn_client: {e}");

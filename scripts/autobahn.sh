@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Run the Autobahn|Testsuite `fuzzingclient` against the uringws echo server.
 #
-# Usage: scripts/autobahn.sh [--install-only] [--client] [--cases 'PATTERN,...'] [--server-cmd 'CMD with {port}']
+# Usage: scripts/autobahn.sh [--install-only] [--client] [--cases 'PATTERN,...'] [--compression MODE]
+#                           [--server-cmd 'CMD with {port}']
 #
 #   --client             test the client role instead: wstest runs as `fuzzingserver` and
 #                        examples/autobahn_client is the testee (summary:
 #                        scripts/autobahn-client-summary.txt)
 #   --install-only       install (or verify the cached install of) wstest and exit
 #   --cases LIST         comma-separated Autobahn case patterns (default: '*', i.e. all cases)
+#   --compression MODE   permessage-deflate mode of the testee: shared (default), dedicated,
+#                        dedicated:BITS or off (then cases 12.* and 13.* are UNIMPLEMENTED, which
+#                        the summary counts as failures). A run with a mode other than the
+#                        default writes its summary under target/autobahn only.
 #   --server-cmd CMD     command that starts the server; '{port}' is replaced with the port.
 #                        Default: target/release/uringws echo --addr 127.0.0.1:{port} --threads 2
+#                        --compression MODE
 #                        (built first with cargo unless --server-cmd is given or UWS_NO_BUILD=1)
 #
 # Environment:
@@ -20,8 +26,9 @@
 # Autobahn|Testsuite needs Python 2.7, which Debian bookworm lacks: python2.7 is fetched from
 # Debian bullseye with a private apt configuration (the system's apt state is not touched) and
 # extracted into $CACHE/root; wstest and its pinned dependencies go into $CACHE/site.
-# Reports go to target/autobahn/reports; a full run (no --cases) writes the summary to
-# scripts/autobahn-summary.txt, a partial run only to target/autobahn/summary.txt.
+# Reports go to target/autobahn/reports (target/autobahn-client/reports for --client); a full
+# run (no --cases, default compression) writes the summary to scripts/autobahn-summary.txt, any
+# other run only to target/autobahn*/summary.txt.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -53,6 +60,7 @@ INSTALL_ONLY=0
 CLIENT=0
 CASES='*'
 SERVER_CMD=''
+COMPRESSION=shared
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --install-only) INSTALL_ONLY=1; shift ;;
@@ -61,6 +69,8 @@ while [[ $# -gt 0 ]]; do
         --cases=*) CASES="${1#--cases=}"; shift ;;
         --server-cmd) [[ $# -ge 2 ]] || die "--server-cmd needs an argument"; SERVER_CMD="$2"; shift 2 ;;
         --server-cmd=*) SERVER_CMD="${1#--server-cmd=}"; shift ;;
+        --compression) [[ $# -ge 2 ]] || die "--compression needs an argument"; COMPRESSION="$2"; shift 2 ;;
+        --compression=*) COMPRESSION="${1#--compression=}"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -224,7 +234,9 @@ fi
 # ---------------------------------------------------------------------------------------------
 cd "$REPO_ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+# One folder per role, so that both roles can run at once.
 WORK="$REPO_ROOT/target/autobahn"
+if [[ $CLIENT -eq 1 ]]; then WORK="$REPO_ROOT/target/autobahn-client"; fi
 OUTDIR="$WORK/reports"
 SPEC="$WORK/spec.json"
 SERVER_LOG="$WORK/server.log"
@@ -234,13 +246,17 @@ TIMEOUT_SECS="${UWS_AUTOBAHN_TIMEOUT:-1500}"
 # $WORK/$2 (so that it cannot overwrite the committed summary); $3 names the mode.
 summarize() {
     local summary
-    if [[ "$CASES" == '*' ]]; then summary="$SCRIPT_DIR/$1"; else summary="$WORK/$2"; fi
+    if [[ "$CASES" == '*' && "$COMPRESSION" == shared ]]; then
+        summary="$SCRIPT_DIR/$1"
+    else
+        summary="$WORK/$2"
+    fi
     if [[ ! -f "$OUTDIR/index.json" ]]; then
         log "no $OUTDIR/index.json was written"
         return 1
     fi
     local status=0
-    UWS_AUTOBAHN_MODE="$3" python3 "$SCRIPT_DIR/autobahn_summary.py" "$OUTDIR/index.json" "$summary" \
+    UWS_AUTOBAHN_MODE="$3, compression $COMPRESSION" python3 "$SCRIPT_DIR/autobahn_summary.py" "$OUTDIR/index.json" "$summary" \
         || status=$?
     log "summary written to $summary; HTML report: $OUTDIR/index.html"
     return "$status"
@@ -280,7 +296,7 @@ PY
     done
     log "running $TESTEE"
     testee_status=0
-    timeout --kill-after=10 "$TIMEOUT_SECS" "$TESTEE" "ws://127.0.0.1:$PORT" uringws \
+    timeout --kill-after=10 "$TIMEOUT_SECS" "$TESTEE" "ws://127.0.0.1:$PORT" uringws "$COMPRESSION" \
         > "$WORK/testee.log" 2>&1 || testee_status=$?
     summary_status=0
     summarize "autobahn-client-summary.txt" "client-summary.txt" "fuzzingserver (client role)" \
@@ -296,7 +312,7 @@ PY
 fi
 
 if [[ -z "$SERVER_CMD" ]]; then
-    SERVER_CMD="$TARGET_DIR/release/uringws echo --addr 127.0.0.1:{port} --threads 2"
+    SERVER_CMD="$TARGET_DIR/release/uringws echo --addr 127.0.0.1:{port} --threads 2 --compression $COMPRESSION"
     if [[ "${UWS_NO_BUILD:-0}" != 1 ]]; then
         log "cargo build --release --locked --bin uringws"
         cargo build --release --locked --bin uringws

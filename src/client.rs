@@ -419,6 +419,7 @@ impl Connector {
             query: url.resource.split_once('?').map(|(_, q)| q.to_owned()),
             origin: None,
             protocol: response.protocol.map(str::to_owned),
+            extensions: agreed.and(response.extensions().next()).map(str::to_owned),
             headers: response
                 .headers
                 .iter()

@@ -22,8 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proto::close::parse_close_payload;
+use crate::proto::deflate::{
+    accept_response, Agreed, Compression, Compressor, Inflater, Mode, Stream, EXTENSION,
+};
 use crate::proto::frame::{
-    decode_header, encode_header, write_frame, DecodeLimits, Decoded, OpCode, Role, MAX_HEADER_LEN,
+    decode_header, encode_header, write_frame, write_frame_rsv, DecodeLimits, Decoded, OpCode,
+    Role, MAX_HEADER_LEN,
 };
 use crate::proto::handshake::{check_response, client_key, write_client_request, HeadScanner};
 use crate::proto::mask::apply_mask;
@@ -75,6 +79,14 @@ pub struct LoadArgs {
     /// Print exactly one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    /// With --text, send JSON-like text (records of ids, names and words) instead of letters.
+    #[arg(long)]
+    pub json_payload: bool,
+    /// Offer permessage-deflate: `off`, `shared` (no context takeover either way) or
+    /// `dedicated` (context takeover). Every message is sent compressed (each one on its own,
+    /// which any agreement allows) and every echo is inflated and checked.
+    #[arg(long, default_value = "off")]
+    pub compression: crate::proto::deflate::Compression,
 }
 
 /// Runs the load generator and prints its report. Fails, with a message naming the value and
@@ -256,27 +268,24 @@ struct Plan {
     key: [u8; 4],
     /// Read buffer per connection: room for two whole frames at least.
     read_buffer: usize,
+    /// The permessage-deflate offer, if compression is asked for.
+    offer: Option<String>,
+    /// What `--compression` asked for.
+    compression: Compression,
 }
 
 impl Plan {
     /// Builds the payload and the frame template for `args`.
     fn new(args: &LoadArgs, target: Target, sched: Schedule) -> Plan {
         const LETTERS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        let payload: Vec<u8> = if args.text {
+        let payload: Vec<u8> = if args.text && args.json_payload {
+            json_like(args.size)
+        } else if args.text {
             (0..args.size)
                 .map(|i| LETTERS[(i * 7 + i / 52) % 52])
                 .collect()
         } else {
-            // Deterministic bytes that cover every value, not a repeating short pattern.
-            let mut x = 0x9e37_79b9_u32;
-            (0..args.size)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    (x >> 24) as u8
-                })
-                .collect()
+            noise(args.size)
         };
         let opcode = if args.text {
             OpCode::Text
@@ -284,10 +293,33 @@ impl Plan {
             OpCode::Binary
         };
         let key = [0x5a, 0xa5, 0x3c, 0xc3];
-        let mut frame = Vec::with_capacity(MAX_HEADER_LEN + args.size);
-        write_frame(&mut frame, true, opcode, Some(key), &payload);
+        // Compressed on its own (no context), which is valid under any agreement.
+        let (rsv, wire) = if args.compression.is_on() {
+            let stream = Stream {
+                no_context_takeover: true,
+                window_bits: 15,
+            };
+            let mut z = Vec::new();
+            match Compressor::new(stream, &args.compression).compress(&payload, &mut z) {
+                true => (0x40, z),
+                false => (0, payload.clone()),
+            }
+        } else {
+            (0, payload.clone())
+        };
+        let mut frame = Vec::with_capacity(MAX_HEADER_LEN + wire.len());
+        write_frame_rsv(&mut frame, true, rsv, opcode, Some(key), &wire);
         let mut header = [0u8; MAX_HEADER_LEN];
-        let header_len = encode_header(&mut header, true, 0, opcode, Some(key), args.size as u64);
+        let header_len =
+            encode_header(&mut header, true, rsv, opcode, Some(key), wire.len() as u64);
+        // The client's window is never limited: the offer leaves out client_max_window_bits.
+        let offer = match args.compression.mode {
+            Mode::Off => None,
+            Mode::Shared => Some(format!(
+                "{EXTENSION}; server_no_context_takeover; client_no_context_takeover"
+            )),
+            Mode::Dedicated { .. } => Some(EXTENSION.to_owned()),
+        };
         Plan {
             target,
             sched,
@@ -298,9 +330,54 @@ impl Plan {
             frame,
             key_at: header_len - 4,
             key,
-            read_buffer: MIN_READ_BUFFER.max(2 * (args.size + MAX_HEADER_LEN)),
+            read_buffer: MIN_READ_BUFFER
+                .max(2 * (args.size + args.size / 8 + MAX_HEADER_LEN + SLACK)),
+            offer,
+            compression: args.compression,
         }
     }
+}
+
+/// What a compressed echo may add to its payload's size: incompressible data grows a little
+/// (a server with context takeover cannot fall back to sending it uncompressed).
+const SLACK: usize = 1024;
+
+/// `size` deterministic bytes that cover every value, not a repeating short pattern (and do
+/// not compress).
+pub fn noise(size: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_u32;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// `size` bytes of JSON-like text: an array of small records, cut to length (the payload of
+/// `--json-payload`, and of the compression benchmarks).
+pub fn json_like(size: usize) -> Vec<u8> {
+    const WORDS: [&str; 8] = [
+        "hello", "world", "uring", "socket", "frame", "chat", "room", "ok",
+    ];
+    let mut s = String::from("[");
+    let mut i = 0usize;
+    while s.len() < size {
+        s.push_str(&format!(
+            "{{\"id\":{i},\"user\":\"user-{}\",\"room\":\"{}\",\"text\":\"{} {} {}\",\"ts\":{}}},",
+            i % 97,
+            WORDS[i % 8],
+            WORDS[(i * 3) % 8],
+            WORDS[(i * 5 + 1) % 8],
+            WORDS[(i * 7 + 2) % 8],
+            1_700_000_000 + i * 13
+        ));
+        i += 1;
+    }
+    s.truncate(size);
+    s.into_bytes()
 }
 
 /// Live counters for the progress line, shared by all threads.
@@ -450,6 +527,8 @@ struct Stats {
     messages: u64,
     /// Payload bytes of those echoes.
     bytes: u64,
+    /// Bytes read from the sockets in the measured window (frames, as on the wire).
+    wire_bytes: u64,
     /// Connections whose handshake completed.
     connected: u64,
     /// Errors by reason.
@@ -472,6 +551,7 @@ impl Stats {
         self.hist.merge(&other.hist);
         self.messages += other.messages;
         self.bytes += other.bytes;
+        self.wire_bytes += other.wire_bytes;
         self.connected += other.connected;
         for (reason, n) in other.reasons {
             *self.reasons.entry(reason).or_default() += n;
@@ -643,7 +723,7 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, shared: Arc<Shar
     let mut buf = vec![0u8; plan.read_buffer];
     let mut writer_task = None;
     match handshake(&conn, &plan, &mut buf).await {
-        Ok((start, end)) => {
+        Ok((start, end, agreed)) => {
             {
                 let mut st = conn.st.borrow_mut();
                 st.open = true;
@@ -655,7 +735,9 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, shared: Arc<Shar
             shared.open.fetch_add(1, Ordering::Relaxed);
             conn.progress.notify_waiters();
             writer_task = Some(tokio::task::spawn_local(writer(conn.clone(), plan.clone())));
-            reader(&conn, &plan, &stats, &shared, buf, start, end).await;
+            let inflater = agreed.map(|a| Inflater::new(a.receive));
+            let input = Input { buf, start, end };
+            reader(&conn, &plan, &stats, &shared, input, inflater).await;
             shared.open.fetch_sub(1, Ordering::Relaxed);
         }
         Err(why) => conn.fail(why),
@@ -674,16 +756,26 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, shared: Arc<Shar
 }
 
 /// Sends the upgrade request and validates the `101`. Returns the bytes after the response
-/// head in `buf` as `start..end` (frames the server sent right behind it).
-async fn handshake(conn: &Conn, plan: &Plan, buf: &mut Vec<u8>) -> Result<(usize, usize), String> {
+/// head in `buf` as `start..end` (frames the server sent right behind it) and the compression
+/// agreed.
+async fn handshake(
+    conn: &Conn,
+    plan: &Plan,
+    buf: &mut Vec<u8>,
+) -> Result<(usize, usize, Option<Agreed>), String> {
     let key = client_key(rand::random());
     let mut request = Vec::with_capacity(256);
+    let offer: Vec<(&str, &str)> = plan
+        .offer
+        .iter()
+        .map(|o| ("Sec-WebSocket-Extensions", o.as_str()))
+        .collect();
     write_client_request(
         &plan.target.host,
         &plan.target.path,
         &key,
         &[],
-        &[],
+        &offer,
         &mut request,
     )
     .map_err(|e| format!("handshake request: {e}"))?;
@@ -701,8 +793,24 @@ async fn handshake(conn: &Conn, plan: &Plan, buf: &mut Vec<u8>) -> Result<(usize
         }
         match scanner.scan(&buf[..end]) {
             Ok(Some(len)) => {
-                check_response(&buf[..len], &key, &[], &[]).map_err(|e| e.to_string())?;
-                return Ok((len, end));
+                let names: &[&str] = if plan.offer.is_some() {
+                    &[EXTENSION]
+                } else {
+                    &[]
+                };
+                let response =
+                    check_response(&buf[..len], &key, &[], names).map_err(|e| e.to_string())?;
+                let agreed = accept_response(response.extensions(), &plan.compression)
+                    .map_err(|e| e.to_string())?;
+                if plan.offer.is_some() && agreed.is_none() {
+                    return Err("the server declined permessage-deflate".into());
+                }
+                if agreed.is_some_and(|a| a.send.window_bits < 15) {
+                    return Err(
+                        "the server limited the client's window, which was not offered".into(),
+                    );
+                }
+                return Ok((len, end, agreed));
             }
             Ok(None) => {}
             Err(e) => return Err(format!("handshake response: {e}")),
@@ -902,16 +1010,23 @@ async fn reader(
     plan: &Plan,
     stats: &RefCell<Stats>,
     shared: &Shared,
-    mut buf: Vec<u8>,
-    mut start: usize,
-    mut end: usize,
+    input: Input,
+    mut inflater: Option<Inflater>,
 ) {
+    let Input {
+        mut buf,
+        mut start,
+        mut end,
+    } = input;
     let limits = DecodeLimits {
         role: Role::Client,
-        allowed_rsv: 0,
-        // Echoes are never larger than what was sent; this bounds the buffer.
-        max_frame: plan.size.max(125) as u64,
+        allowed_rsv: if inflater.is_some() { 0x40 } else { 0 },
+        // Echoes are never much larger than what was sent; this bounds the buffer.
+        max_frame: (plan.size + plan.size / 8 + SLACK).max(125) as u64,
     };
+    // A compressed echo while it arrives: its opcode and its inflated bytes so far.
+    let mut inflated: Option<(OpCode, Vec<u8>)> = None;
+    let mut in_window = false;
     let sched = &plan.sched;
     // The message being reassembled: its opcode, its bytes so far, whether it matches so far.
     let mut current: Option<(OpCode, usize, bool)> = None;
@@ -938,9 +1053,36 @@ async fn reader(
                 }
                 let payload = &buf[start + h.header_len..start + total];
                 start += total;
-                match h.opcode {
+                let compressed =
+                    h.rsv & 0x40 != 0 || (inflated.is_some() && h.opcode == OpCode::Continuation);
+                let mut whole = None;
+                if let (true, Some(inf)) = (compressed, inflater.as_mut()) {
+                    if h.opcode != OpCode::Continuation && inflated.is_some() {
+                        drop(st);
+                        conn.fail("protocol error from the server: bad fragmentation".into());
+                        return;
+                    }
+                    let (_, out) = inflated.get_or_insert_with(|| (h.opcode, Vec::new()));
+                    if let Err(e) = inf.inflate(payload, h.fin, out, plan.size) {
+                        drop(st);
+                        conn.fail(format!("compressed echo: {e}"));
+                        return;
+                    }
+                    if !h.fin {
+                        continue;
+                    }
+                    if inf.per_message() {
+                        inf.reset();
+                    }
+                    whole = inflated.take();
+                }
+                let (opcode, payload, fin) = match &whole {
+                    Some((op, v)) => (*op, &v[..], true),
+                    None => (h.opcode, payload, h.fin),
+                };
+                match opcode {
                     OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                        let (op, off, ok) = match (h.opcode, current.take()) {
+                        let (op, off, ok) = match (opcode, current.take()) {
                             (OpCode::Continuation, Some(m)) => m,
                             (OpCode::Continuation, None) | (_, Some(_)) => {
                                 drop(st);
@@ -953,7 +1095,7 @@ async fn reader(
                         };
                         let ok = ok && plan.payload.get(off..off + payload.len()) == Some(payload);
                         let off = off + payload.len();
-                        if !h.fin {
+                        if !fin {
                             current = Some((op, off, ok));
                             continue;
                         }
@@ -1032,13 +1174,30 @@ async fn reader(
                 conn.fail("the server closed the connection without a close frame".into());
                 return;
             }
-            Ok(n) => end += n,
+            Ok(n) => {
+                end += n;
+                let was = std::mem::replace(
+                    &mut in_window,
+                    now >= sched.measure_start && now < sched.measure_end,
+                );
+                if in_window && was {
+                    stats.borrow_mut().wire_bytes += n as u64;
+                }
+            }
             Err(e) => {
                 conn.fail(format!("read: {e}"));
                 return;
             }
         }
     }
+}
+
+/// The bytes read with the handshake: the frames the server sent right behind its response
+/// lie in `buf[start..end]`.
+struct Input {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
 }
 
 /// Prints the report: text lines, or one JSON object with `--json`. Error reasons go to
@@ -1066,7 +1225,7 @@ fn report(args: &LoadArgs, threads: usize, plan: &Plan, total: &Stats) {
             "{{\"connections\":{},\"size\":{},\"pipeline\":{},\"threads\":{},\"text\":{},\
              \"duration_s\":{},\"connected\":{},\"messages\":{},\"msgs_per_sec\":{:.1},\
              \"mb_per_sec\":{:.3},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\
-             \"mean_us\":{},\"errors\":{}}}",
+             \"mean_us\":{},\"errors\":{},\"wire_bytes_per_msg\":{},\"compression\":\"{:?}\"}}",
             args.connections,
             args.size,
             args.pipeline,
@@ -1083,6 +1242,8 @@ fn report(args: &LoadArgs, threads: usize, plan: &Plan, total: &Stats) {
             num(max),
             num(h.mean_us()),
             errors,
+            num((total.messages > 0).then(|| total.wire_bytes as f64 / total.messages as f64)),
+            args.compression.mode,
         );
     } else {
         let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} us"));
@@ -1174,6 +1335,8 @@ mod tests {
             warmup: 0.0,
             text: true,
             json: false,
+            json_payload: false,
+            compression: Compression::OFF,
         };
         let now = Instant::now();
         let sched = Schedule {

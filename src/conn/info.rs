@@ -1,4 +1,5 @@
-//! Facts about a connection fixed at the handshake: peer, path, query, origin, subprotocol, headers.
+//! Facts about a connection fixed at the handshake: peer, path, query, origin, subprotocol,
+//! extensions, headers.
 
 use std::net::SocketAddr;
 
@@ -15,6 +16,9 @@ pub struct ConnectionInfo {
     pub origin: Option<String>,
     /// The subprotocol agreed in the handshake.
     pub protocol: Option<String>,
+    /// The extensions agreed in the handshake, as the `Sec-WebSocket-Extensions` value of the
+    /// 101 (`permessage-deflate; ...` when compression was agreed).
+    pub extensions: Option<String>,
     /// Every request header, name as sent and raw value.
     pub headers: Vec<(String, Vec<u8>)>,
 }

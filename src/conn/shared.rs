@@ -44,8 +44,9 @@ thread_local! {
     static LAST_SHARED: RefCell<Option<Compressed>> = const { RefCell::new(None) };
 }
 
-/// A shared payload, the compressor settings it was compressed with, its compressed form.
-type Compressed = (Bytes, (u8, u32), Bytes);
+/// A shared payload, the compressor settings it was compressed with, its compressed form
+/// (`None`: it does not shrink).
+type Compressed = (Bytes, (u8, u32), Option<Bytes>);
 
 /// A source of mask keys (client role).
 pub(crate) type MaskFn = Box<dyn FnMut() -> [u8; 4]>;
@@ -138,6 +139,7 @@ impl Conn {
             query: None,
             origin: None,
             protocol: None,
+            extensions: None,
             headers: Vec::new(),
         };
         self.info.get().unwrap_or(&EMPTY)
@@ -230,8 +232,11 @@ impl Conn {
             Some(c) => SCRATCH.with(|z| {
                 let mut z = z.borrow_mut();
                 z.clear();
-                c.compress(payload, &mut z);
-                self.encode_frame(RSV1, opcode, &z);
+                if c.compress(payload, &mut z) {
+                    self.encode_frame(RSV1, opcode, &z);
+                } else {
+                    self.encode_frame(0, opcode, payload);
+                }
                 if z.capacity() > KEEP_WRITE_CAPACITY {
                     *z = Vec::new();
                 }
@@ -258,7 +263,10 @@ impl Conn {
             Some(Some(key)) => {
                 // Compressed once for every connection it is sent to with the same settings.
                 self.wait_to_queue().await?;
-                (RSV1, self.compress_shared(key, payload))
+                match self.compress_shared(key, &payload) {
+                    Some(z) => (RSV1, z),
+                    None => (0, payload),
+                }
             }
             Some(None) => return self.queue_data(opcode, &payload).await,
             None => {
@@ -309,7 +317,8 @@ impl Conn {
     /// whose settings are `key`: the thread remembers the last one, so that a payload sent
     /// to many connections is compressed once. (The remembered `Bytes` keeps the original
     /// alive, so an equal pointer and length mean the same bytes.)
-    fn compress_shared(&self, key: (u8, u32), payload: Bytes) -> Bytes {
+    /// `None` when it does not shrink (send it uncompressed).
+    fn compress_shared(&self, key: (u8, u32), payload: &Bytes) -> Option<Bytes> {
         LAST_SHARED.with(|last| {
             let mut last = last.borrow_mut();
             if let Some((orig, k, z)) = &*last {
@@ -318,12 +327,13 @@ impl Conn {
                 }
             }
             let mut z = Vec::new();
-            if let Some(c) = self.deflate.borrow_mut().as_deref_mut() {
-                c.compress(&payload, &mut z);
-            }
-            let z = Bytes::from(z);
+            let shrank = match self.deflate.borrow_mut().as_deref_mut() {
+                Some(c) => c.compress(payload, &mut z),
+                None => false,
+            };
+            let z = shrank.then(|| Bytes::from(z));
             // A large payload is not kept alive for a later send that may never come.
-            *last = (payload.len() <= SHARED_CACHE_MAX).then(|| (payload, key, z.clone()));
+            *last = (payload.len() <= SHARED_CACHE_MAX).then(|| (payload.clone(), key, z.clone()));
             z
         })
     }

@@ -153,7 +153,7 @@ impl Default for Compression {
 
 /// Default for [`Compression::min_size`]: shorter messages rarely shrink by more than the
 /// cost of compressing them.
-pub const DEFAULT_MIN_SIZE: usize = 64;
+pub const DEFAULT_MIN_SIZE: usize = 128;
 
 /// A malformed `permessage-deflate` offer or response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -453,6 +453,12 @@ impl Inflater {
         self.no_context_takeover
     }
 
+    /// Forgets the stream's context, for the next message of a stream without context
+    /// takeover.
+    pub fn reset(&mut self) {
+        self.inner.reset(false);
+    }
+
     /// Resets a per-message inflater and returns it to the thread's cache.
     pub fn recycle(mut self) {
         self.inner.reset(false);
@@ -580,9 +586,12 @@ impl Compressor {
     }
 
     /// Compresses `input`, a whole message, appending its compressed payload (without the
-    /// `00 00 ff ff` tail) to `out`.
-    pub fn compress(&mut self, input: &[u8], out: &mut Vec<u8>) {
+    /// `00 00 ff ff` tail) to `out`, and returns `true`. Without context takeover, a message
+    /// that would not shrink is left out (`out` unchanged, `false`): send it uncompressed.
+    /// (With context takeover it is always compressed: the peer's window must see it.)
+    pub fn compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> bool {
         let (bits, level) = self.key();
+        let start = out.len();
         if self.stream.no_context_takeover {
             let mut c = DEFLATERS
                 .with(|c| {
@@ -599,10 +608,15 @@ impl Compressor {
                     cache.push((bits, level, c));
                 }
             });
+            if out.len() - start >= input.len() {
+                out.truncate(start);
+                return false;
+            }
         } else {
             let c = self.own.get_or_insert_with(|| new_compress(bits, level));
             deflate(c, input, out);
         }
+        true
     }
 }
 
@@ -819,7 +833,11 @@ mod tests {
         let mut i = Inflater::new(send);
         for m in messages {
             let mut wire = Vec::new();
-            c.compress(m, &mut wire);
+            if !c.compress(m, &mut wire) {
+                // Sent uncompressed: only a stateless stream may, and only when it saves.
+                assert!(send.no_context_takeover && wire.is_empty());
+                continue;
+            }
             let mut out = Vec::new();
             // In two pieces, as frames may arrive.
             let half = wire.len() / 2;
@@ -875,7 +893,7 @@ mod tests {
         let mut i = Inflater::new(stream);
         for m in [&b"abc"[..], b"", b"", b"abc"] {
             let mut wire = Vec::new();
-            c.compress(m, &mut wire);
+            assert!(c.compress(m, &mut wire));
             assert!(!wire.is_empty());
             assert_eq!(inflated(&mut i, &wire), m);
         }
@@ -908,7 +926,7 @@ mod tests {
             &Compression::shared().level(9),
         );
         let mut wire = Vec::new();
-        c.compress(&big, &mut wire);
+        assert!(c.compress(&big, &mut wire));
         assert!(wire.len() < 64 << 10);
         let mut i = Inflater::new(Stream {
             no_context_takeover: true,

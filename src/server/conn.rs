@@ -112,7 +112,8 @@ async fn handshake(
             }
             Ok(Handshake::WebSocket(upgrade)) => match accept(ctx, &upgrade, &mut out) {
                 Ok((protocol, agreed)) => {
-                    let info = connection_info(&upgrade, protocol, peer);
+                    let mut info = connection_info(&upgrade, protocol, peer);
+                    info.extensions = agreed.as_ref().map(|(_, header)| header.clone());
                     // Open from here on: a shutdown that comes while the 101 is being written
                     // queues a close frame, which the writer sends after it, instead of
                     // cutting off a connection whose client may already have read the 101.
@@ -125,7 +126,7 @@ async fn handshake(
                     }
                     tracing::debug!(%peer, path = info.path, "upgraded");
                     let _ = conn.info.set(info);
-                    return Some((head, head_len, recv, agreed));
+                    return Some((head, head_len, recv, agreed.map(|(a, _)| a)));
                 }
                 Err(response) => {
                     tracing::debug!(%peer, status = response.status, "upgrade refused by the application");
@@ -146,14 +147,18 @@ async fn handshake(
     }
 }
 
+/// The subprotocol chosen, and the compression agreed with its response header.
+type Accepted = (Option<String>, Option<(Agreed, String)>);
+
 /// Decides the upgrade: the application's check, the subprotocol, then permessage-deflate.
-/// Writes the 101 into `out` and returns the chosen subprotocol and the compression agreed,
+/// Writes the 101 into `out` and returns the chosen subprotocol and the compression agreed
+/// with its response header,
 /// or the refusal to send (400 for a malformed extension offer).
 fn accept(
     ctx: &ThreadCtx,
     upgrade: &UpgradeRequest<'_>,
     out: &mut Vec<u8>,
-) -> Result<(Option<String>, Option<Agreed>), HttpResponse> {
+) -> Result<Accepted, HttpResponse> {
     if let Some(check) = &ctx.check {
         check(upgrade)?;
     }
@@ -171,7 +176,7 @@ fn accept(
     let extensions = deflate.as_ref().map(|(_, header)| header.as_str());
     handshake::write_accept(upgrade, protocol, extensions, &extra, out)
         .map_err(|e| HttpResponse::text(500, &format!("{e}\n")))?;
-    Ok((protocol.map(str::to_owned), deflate.map(|(a, _)| a)))
+    Ok((protocol.map(str::to_owned), deflate))
 }
 
 fn connection_info(
@@ -186,6 +191,7 @@ fn connection_info(
         query: request.query.map(str::to_owned),
         origin: upgrade.origin().map(str::to_owned),
         protocol,
+        extensions: None,
         headers: request
             .headers()
             .iter()

@@ -113,6 +113,8 @@ pub struct Client {
 
 pub struct Frame {
     pub fin: bool,
+    /// The RSV bits in place (`0x40` is RSV1: compressed).
+    pub rsv: u8,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -233,6 +235,7 @@ impl Client {
         self.buf.drain(..hdr + len);
         Some(Frame {
             fin: b0 & 0x80 != 0,
+            rsv: b0 & 0x70,
             opcode: b0 & 0x0f,
             payload,
         })
