@@ -13,13 +13,16 @@ fn main() {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9001".into());
     let server = uringws::Server::bind(addr.as_str()).and_then(|s| {
-        s.start(|ws: uringws::WebSocket| async move {
-            let (mut rx, tx) = ws.split();
-            while let Some(msg) = rx.recv().await? {
-                tx.send(msg).await?; // echo, text stays text and binary stays binary
-            }
-            Ok(())
-        })
+        // Browsers offer permessage-deflate on every socket; shared mode accepts it without
+        // keeping compression state per connection.
+        s.compression(uringws::Compression::shared())
+            .start(|ws: uringws::WebSocket| async move {
+                let (mut rx, tx) = ws.split();
+                while let Some(msg) = rx.recv().await? {
+                    tx.send(msg).await?; // echo, text stays text and binary stays binary
+                }
+                Ok(())
+            })
     });
     let result = server.and_then(|server| {
         println!("hello_server listening on ws://{}", server.local_addr());

@@ -330,15 +330,26 @@ pub fn negotiate<'a>(
 }
 
 /// The client's offer for `config`, or `None` when compression is off.
+///
+/// In shared mode it is two offers: no context takeover either way, then, for a server that
+/// insists on keeping its context, only the client's side without it (the connection then
+/// holds a decompressor of its own).
 pub fn client_offer(config: &Compression) -> Option<String> {
     let params = match config.mode {
         Mode::Off => return None,
-        Mode::Shared => Params {
-            server_no_context_takeover: true,
-            client_no_context_takeover: true,
-            server_max_window_bits: None,
-            client_max_window_bits: Some(None),
-        },
+        Mode::Shared => {
+            let first = Params {
+                server_no_context_takeover: true,
+                client_no_context_takeover: true,
+                server_max_window_bits: None,
+                client_max_window_bits: Some(None),
+            };
+            let second = Params {
+                server_no_context_takeover: false,
+                ..first
+            };
+            return Some(format!("{}, {}", first.to_header(), second.to_header()));
+        }
         Mode::Dedicated { window_bits } => Params {
             server_max_window_bits: (window_bits < 15).then_some(window_bits),
             client_max_window_bits: Some(None),
@@ -367,12 +378,15 @@ pub fn accept_response<'a>(
         if agreed.is_some() {
             return Err(bad("permessage-deflate accepted twice"));
         }
-        let offer = Params::parse(&client_offer(config).unwrap_or_default())?.unwrap_or_default();
-        if offer.server_no_context_takeover && !p.server_no_context_takeover {
-            return Err(bad(
-                "server_no_context_takeover was asked for and not granted",
-            ));
-        }
+        // The offer the answer must match (shared mode's second offer differs from the first
+        // only in leaving the server its context, so any answer on that point is fine).
+        let offer = match config.mode {
+            Mode::Dedicated { window_bits } => Params {
+                server_max_window_bits: (window_bits < 15).then_some(window_bits),
+                ..Params::default()
+            },
+            _ => Params::default(),
+        };
         let server_bits = match (offer.server_max_window_bits, p.server_max_window_bits) {
             (Some(asked), Some(n)) if n > asked => {
                 return Err(bad(format!(
@@ -779,7 +793,9 @@ mod tests {
         let offer = client_offer(&shared).unwrap();
         assert_eq!(
             offer,
-            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits"
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+             client_max_window_bits, permessage-deflate; client_no_context_takeover; \
+             client_max_window_bits"
         );
         let ok = accept_response(
             ["permessage-deflate; server_no_context_takeover; client_max_window_bits=9"],
@@ -795,9 +811,14 @@ mod tests {
             }
         );
         assert!(ok.receive.no_context_takeover);
+        // The second offer: the server keeps its context, the client does not.
+        let kept = accept_response(["permessage-deflate"], &shared)
+            .unwrap()
+            .unwrap();
+        assert!(kept.send.no_context_takeover && !kept.receive.no_context_takeover);
         for bad in [
-            "permessage-deflate",
             "permessage-deflate; server_no_context_takeover; client_max_window_bits",
+            "permessage-deflate; server_max_window_bits=16",
             "x-other",
         ] {
             assert!(accept_response([bad], &shared).is_err(), "{bad}");

@@ -291,11 +291,34 @@ async function main() {
     const need = () => {
       if (idx === null) throw new Error('skipped: the socket never opened');
     };
+    await check('permessage-deflate negotiated (ws.extensions)', async () => {
+      need();
+      const ext = await page.evaluate(({ idx }) => window.__uws.socket(idx).ws.extensions, { idx });
+      if (!/^permessage-deflate/.test(ext)) throw new Error(`ws.extensions is ${JSON.stringify(ext)}`);
+      return ext;
+    });
+    await check('1 MiB of compressible JSON text round-trips (compressed both ways)', async () => {
+      need();
+      return page.evaluate(async ({ idx }) => {
+        const u = window.__uws;
+        const rows = [];
+        for (let i = 0; rows.join(',').length < (1 << 20); i++) {
+          rows.push(JSON.stringify({ id: i, user: `user-${i % 97}`, text: 'hello room, κόσμε', n: [i, i * 2] }));
+        }
+        const text = `[${rows.join(',')}]`;
+        u.send(idx, text);
+        const got = await u.next(idx, 10_000);
+        if (typeof got !== 'string') throw new Error(`expected a string back, got ${u.describe(got)}`);
+        if (got !== text) throw new Error(`echo differs: sent ${text.length} units, got ${got.length}`);
+        if (JSON.parse(got).length !== rows.length) throw new Error('the echo does not parse to the rows sent');
+        return `${text.length} UTF-16 units, ${rows.length} JSON rows`;
+      }, { idx });
+    });
     await check('text "Hello, World!" echoes back as a string', async () => {
       need();
       return textEcho(page, idx, 'Hello, World!');
     });
-    await check('1 MiB binary message (ArrayBuffer) round-trips intact', async () => {
+    await check('1 MiB of random binary (ArrayBuffer) round-trips intact', async () => {
       need();
       return binaryEcho(page, idx, 1 << 20, 0x9e3779b9);
     });
