@@ -10,6 +10,7 @@
 #                   loop turn), what the kernel allows; built there, not part of this project
 #   epoll-floor     FLOOR_DIR's epoll-floor: the same on plain epoll
 #   uringws-old     UWS_OLD (a uringws binary of another commit), for an A/B in the same run
+#   node-ws         Node's ws 8 (tests/interop/peer.mjs) with permessage-deflate, for DEFLATE runs
 #
 # SERVERS picks and orders them (default: uringws fastwebsockets tungstenite raw, then floor
 # and epoll-floor when FLOOR_DIR has them built, then uringws-old when UWS_OLD is set).
@@ -23,6 +24,13 @@
 #   CASE_FILTER  runs only the cases whose name matches this extended regular expression
 #   FLOOR_DIR    where the floors are (default ../shared/floor beside the project; built with
 #                `cargo build --release` there, into FLOOR_TARGET, default FLOOR_DIR/target)
+#   DEFLATE      shared, dedicated or dedicated:BITS: the compression run instead. Servers
+#                uringws (`echo --compression DEFLATE`) and node-ws (perMessageDeflate with no
+#                context takeover for shared, ws's defaults for dedicated; threshold 0), both at
+#                zlib level LEVEL (default 1); one case, 100 connections x 1 KiB of JSON-like text offered
+#                permessage-deflate (`load --text --json-payload --compression`); the table
+#                adds wire bytes per echo. Memory: idle connections that negotiated it, after
+#                the handshake and again after one 1 KiB compressed message each way.
 #
 # Method
 # - Each run starts a fresh server on its own port, pinned with `taskset -c $SERVER_CPU`, and
@@ -67,11 +75,31 @@ FLOOR_DIR=${FLOOR_DIR:-$ROOT/../shared/floor}
 FLOOR_BIN=${FLOOR_TARGET:-$FLOOR_DIR/target}/release
 if [ -n "${SERVERS:-}" ]; then
   read -r -a SERVERS <<<"$SERVERS"
+  SERVERS_SET=1
 else
   SERVERS=(uringws fastwebsockets tungstenite raw)
   [ -x "$FLOOR_BIN/uring-floor" ] && SERVERS+=(floor)
   [ -x "$FLOOR_BIN/epoll-floor" ] && SERVERS+=(epoll-floor)
   [ -n "${UWS_OLD:-}" ] && SERVERS+=(uringws-old)
+fi
+# Extra arguments of the uringws server, of `uringws load`, and of idle-conns (DEFLATE runs).
+UWS_EXTRA=()
+LOAD_EXTRA=()
+MEM_PASSES=("after the handshake|")
+if [ -n "${DEFLATE:-}" ]; then
+  [ -n "${SERVERS_SET:-}" ] || SERVERS=(uringws node-ws)
+  case $DEFLATE in
+    shared) NODE_MODE=no-context; LOAD_MODE=shared ;;
+    dedicated|dedicated:*) NODE_MODE=takeover; LOAD_MODE=dedicated ;;
+    *) echo "compare.sh: DEFLATE must be shared, dedicated or dedicated:BITS" >&2; exit 1 ;;
+  esac
+  LEVEL=${LEVEL:-1}
+  export UWS_ZLIB_LEVEL=$LEVEL
+  UWS_EXTRA=(--compression "$DEFLATE" --compression-level "$LEVEL")
+  LOAD_EXTRA=(--text --json-payload --compression "$LOAD_MODE")
+  OFFER="permessage-deflate; client_max_window_bits"
+  MEM_PASSES=("after the handshake|--extensions|$OFFER"
+              "after one 1 KiB message each way|--extensions|$OFFER|--message|1024")
 fi
 # name|connections|size|pipeline
 CASES=(
@@ -82,6 +110,10 @@ CASES=(
   "100 x 20 B, pipeline 16|100|20|16"
   "10 x 1 MiB|10|1048576|1"
 )
+
+if [ -n "${DEFLATE:-}" ]; then
+  CASES=("100 x 1 KiB JSON, deflate $DEFLATE, level $LEVEL|100|1024|1")
+fi
 
 # CASE_FILTER: an extended regular expression; only the cases whose name matches run.
 if [ -n "${CASE_FILTER:-}" ]; then
@@ -143,7 +175,7 @@ start_server() {
   local addr=127.0.0.1:$PORT
   local -a cmd
   case $name in
-    uringws)        cmd=("$UWS" echo) ;;
+    uringws)        cmd=("$UWS" echo "${UWS_EXTRA[@]}") ;;
     fastwebsockets) cmd=("$PEER_BIN/fastwebsockets-echo") ;;
     tungstenite)    cmd=("$PEER_BIN/tungstenite-echo") ;;
     raw)            cmd=("$PEER_BIN/raw-echo") ;;
@@ -155,6 +187,9 @@ start_server() {
       local bin=uring-floor
       [ "$name" = epoll-floor ] && bin=epoll-floor
       taskset -c "$SERVER_CPU" "$FLOOR_BIN/$bin" --addr 127.0.0.1 --port "$PORT" \
+        >"$log" 2>&1 & ;;
+    node-ws)
+      taskset -c "$SERVER_CPU" node "$ROOT/tests/interop/peer.mjs" server "$NODE_MODE" "$PORT" \
         >"$log" 2>&1 & ;;
     *) taskset -c "$SERVER_CPU" "${cmd[@]}" --threads 1 --addr "$addr" >"$log" 2>&1 & ;;
   esac
@@ -227,7 +262,7 @@ run_one() {
   t0=${EPOCHREALTIME/[.,]/}
   taskset -c "$LOAD_CPU" "$UWS" load --url "ws://127.0.0.1:$PORT/" --connections "$conns" \
     --size "$size" --pipeline "$pipeline" --duration "$DURATION" --warmup "$WARMUP" \
-    --threads 1 --json >"$OUT/logs/$tag.load.json" 2>"$OUT/logs/$tag.load.err" &
+    --threads 1 --json "${LOAD_EXTRA[@]}" >"$OUT/logs/$tag.load.json" 2>"$OUT/logs/$tag.load.err" &
   local lpid=$!
   sleep_until_us $(( t0 + warm_us ))
   c1=$(cpu_ticks "$SPID")
@@ -287,15 +322,16 @@ print(f"  {rec['case']:<24} {rec['server']:<15} {load.get('msgs_per_sec', 0) or 
 EOF
 }
 
-# The memory check for server $1.
+# The memory check for server $1; $2 names the pass, the rest are idle-conns arguments.
 mem_one() {
-  local server=$1
+  local server=$1 pass=$2
+  shift 2
   start_server "$server" "$OUT/logs/mem-$server.server.log"
   sleep 0.5
   local before after after2 ready
   before=$(awk '/^VmRSS:/ {print $2}' "/proc/$SPID/status")
   coproc IC { taskset -c "$LOAD_CPU" "$PEER_BIN/idle-conns" --addr "127.0.0.1:$PORT" \
-                --count "$MEM_CONNS" --hold 120 2>"$OUT/logs/mem-$server.client.err"; }
+                --count "$MEM_CONNS" --hold 120 "$@" 2>"$OUT/logs/mem-$server.client.err"; }
   local icpid=$IC_PID
   ready=0
   if read -r -t 100 line <&"${IC[0]}"; then ready=${line#ready }; fi
@@ -313,7 +349,7 @@ mem_one() {
 import json, sys
 ready = int("$ready" or 0)
 after = max($after, $after2)
-rec = {"server": "$server", "connections_asked": $MEM_CONNS, "connections_open": ready,
+rec = {"server": "$server", "pass": "$pass", "connections_asked": $MEM_CONNS, "connections_open": ready,
        "server_fds": $fds, "vmrss_before_kib": $before, "vmrss_after_kib": after,
        "kib_per_connection": ((after - $before) / ready) if ready else None}
 open(sys.argv[1], "a").write(json.dumps(rec) + "\n")
@@ -334,8 +370,11 @@ done
 
 if [ "$MEM_CONNS" -gt 0 ]; then
   echo "compare.sh: memory, $MEM_CONNS idle connections per server" >&2
-  for server in "${SERVERS[@]}"; do
-    mem_one "$server"
+  for p in "${MEM_PASSES[@]}"; do
+    IFS='|' read -r -a mem_args <<<"$p"
+    for server in "${SERVERS[@]}"; do
+      mem_one "$server" "${mem_args[@]}"
+    done
   done
 fi
 
@@ -367,6 +406,7 @@ for c in cases:
             "server_user_us_per_msg": med([r.get("server_user_us_per_msg") for r in rs]),
             "server_sys_us_per_msg": med([r.get("server_sys_us_per_msg") for r in rs]),
             "errors": sum((r["load"].get("errors") or 0) for r in rs),
+            "wire_bytes_per_msg": med([r["load"].get("wire_bytes_per_msg") for r in rs]),
             "server_core_foreign_share": med([r["server_core_foreign_share"] for r in rs]),
             "msgs_per_sec_rounds": [r["load"].get("msgs_per_sec") for r in rs],
         })
@@ -380,7 +420,8 @@ for row in summary:
     base = find(row["case"], "uringws") or row
     row["ratio_to_uringws"] = ratio(row["msgs_per_sec"], base["msgs_per_sec"])
     # Server CPU per message against fastwebsockets and the io_uring floor (lower is better).
-    for peer, key in (("fastwebsockets", "cpu_vs_fastwebsockets"), ("floor", "cpu_vs_floor")):
+    for peer, key in (("fastwebsockets", "cpu_vs_fastwebsockets"), ("floor", "cpu_vs_floor"),
+                      ("node-ws", "cpu_vs_node_ws")):
         other = find(row["case"], peer)
         row[key] = ratio(row["server_us_per_msg"], other and other["server_us_per_msg"])
 
@@ -407,8 +448,8 @@ lines = [
     f"Median of {rounds} rounds, {duration} s measured after {warmup} s warm-up; each server "
     f"one thread on CPU {scpu}, `uringws load --threads 1` on CPU {lcpu}; kernel {kernel}.",
     "",
-    "| case | server | msgs/s | p99 µs | server µs/msg (user / sys) | CPU ÷ fastwebsockets | CPU ÷ floor | msgs/s ÷ uringws | errors | other processes on server core |",
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| case | server | msgs/s | p99 µs | server µs/msg (user / sys) | CPU ÷ fastwebsockets | CPU ÷ floor | CPU ÷ node-ws | msgs/s ÷ uringws | wire bytes per echo | errors | other processes on server core |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 for row in summary:
     lines.append(
@@ -416,14 +457,15 @@ for row in summary:
         f"{f(row['p99_us'], '.0f')} | {f(row['server_us_per_msg'], '.2f')} "
         f"({f(row['server_user_us_per_msg'], '.2f')} / {f(row['server_sys_us_per_msg'], '.2f')}) | "
         f"{f(row['cpu_vs_fastwebsockets'], '.2f')} | {f(row['cpu_vs_floor'], '.2f')} | "
-        f"{f(row['ratio_to_uringws'], '.2f')} | {row['errors']} | "
+        f"{f(row['cpu_vs_node_ws'], '.2f')} | {f(row['ratio_to_uringws'], '.2f')} | "
+        f"{f(row['wire_bytes_per_msg'], '.0f')} | {row['errors']} | "
         f"{f(None if row['server_core_foreign_share'] is None else 100 * row['server_core_foreign_share'], '.0f')}% |")
 if mem:
     lines += ["", f"Idle connections after the handshake (server VmRSS growth):", "",
-              "| server | connections open | RSS before KiB | RSS after KiB | KiB per connection |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+              "| server | measured | connections open | RSS before KiB | RSS after KiB | KiB per connection |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for m in mem:
-        lines.append(f"| {m['server']} | {m['connections_open']} | {m['vmrss_before_kib']} | "
+        lines.append(f"| {m['server']} | {m.get('pass', '')} | {m['connections_open']} | {m['vmrss_before_kib']} | "
                      f"{m['vmrss_after_kib']} | {f(m['kib_per_connection'], '.2f')} |")
 lines += ["", "Medians per case and server. \"other processes on server core\": the median share "
           "of the server core's time over the measured window taken by processes other than the "

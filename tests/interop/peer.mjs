@@ -1,6 +1,7 @@
 // Node `ws` as an independent peer of uringws, with permessage-deflate (scripts/interop.sh).
 //
-//   node peer.mjs server MODE      echo server on 127.0.0.1, a free port; prints "PORT N"
+//   node peer.mjs server MODE [PORT]  echo server on 127.0.0.1:PORT (default: a free port);
+//                                     prints "PORT N"
 //   node peer.mjs client URL MODE  echo check against a server; prints one line, exit 0 or 1
 //
 // MODE: "takeover" (ws's defaults: context takeover both ways unless the peer asks
@@ -50,7 +51,7 @@ function randomBytes(len) {
 
 const [, , role, a, b] = process.argv;
 if (role === 'server') {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: deflateOptions(a), maxPayload: 64 << 20 });
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: Number(b || 0), perMessageDeflate: deflateOptions(a), maxPayload: 64 << 20 });
   wss.on('connection', (ws) => {
     ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
   });

@@ -2,10 +2,15 @@
 //! (checking the `101` and its `Sec-WebSocket-Accept`), then holds them idle. For the memory
 //! check in scripts/compare.sh.
 //!
-//! Usage: `idle-conns --addr IP:PORT --count N [--hold SECS]`. Prints `ready N` on stdout once
-//! every connection is open (`failed K` lines on stderr for those that were not), then holds
-//! them until stdin reaches EOF or SECS pass (default 60), and exits, closing them all.
-//! Plain blocking sockets, one handshake at a time: no WebSocket frames are ever sent.
+//! Usage: `idle-conns --addr IP:PORT --count N [--hold SECS] [--extensions VALUE]
+//! [--message BYTES]`. Prints `ready N` on stdout once every connection is open (`failed K`
+//! lines on stderr for those that were not), then holds them until stdin reaches EOF or SECS
+//! pass (default 60), and exits, closing them all. Plain blocking sockets, one handshake at a
+//! time. `--extensions` sends that `Sec-WebSocket-Extensions` offer (the 101 must accept an
+//! extension then). `--message N` (with an extension) sends one N-byte text message per
+//! connection as a compressed frame (RSV1; the payload is a stored deflate block, which any
+//! permessage-deflate receiver inflates) and waits for one frame back, so that both sides'
+//! compression state exists when memory is measured. Without it no frame is ever sent.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,6 +25,7 @@ fn main() {
     let mut addr: Option<SocketAddr> = None;
     let mut count = 10_000usize;
     let mut hold = 60.0f64;
+    let mut opts = Opts::default();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let v = it.next();
@@ -27,8 +33,13 @@ fn main() {
             ("--addr", Some(v)) => addr = v.parse().ok(),
             ("--count", Some(v)) => count = v.parse().expect("bad --count"),
             ("--hold", Some(v)) => hold = v.parse().expect("bad --hold"),
+            ("--extensions", Some(v)) => opts.extensions = Some(v),
+            ("--message", Some(v)) => opts.message = v.parse().expect("bad --message"),
             _ => {
-                eprintln!("usage: idle-conns --addr IP:PORT --count N [--hold SECS]");
+                eprintln!(
+                    "usage: idle-conns --addr IP:PORT --count N [--hold SECS] \
+                     [--extensions VALUE] [--message BYTES]"
+                );
                 std::process::exit(2);
             }
         }
@@ -38,7 +49,7 @@ fn main() {
     let mut conns = Vec::with_capacity(count);
     let mut failed = 0usize;
     for i in 0..count {
-        match open(addr, i as u64) {
+        match open(addr, i as u64, &opts) {
             Ok(s) => conns.push(s),
             Err(e) => {
                 failed += 1;
@@ -69,15 +80,28 @@ fn main() {
     drop(conns);
 }
 
-fn open(addr: SocketAddr, n: u64) -> std::io::Result<TcpStream> {
+/// What each connection offers and sends.
+#[derive(Default)]
+struct Opts {
+    /// A `Sec-WebSocket-Extensions` offer.
+    extensions: Option<String>,
+    /// Bytes of the one compressed text message to send (0: none).
+    message: usize,
+}
+
+fn open(addr: SocketAddr, n: u64, opts: &Opts) -> std::io::Result<TcpStream> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     // A distinct 16-byte key per connection, base64-encoded.
     let raw: [u8; 16] = std::array::from_fn(|i| (n.rotate_left(i as u32 * 5) as u8) ^ (i as u8 * 37));
     let key = base64::engine::general_purpose::STANDARD.encode(raw);
+    let ext = opts
+        .extensions
+        .as_ref()
+        .map_or(String::new(), |e| format!("Sec-WebSocket-Extensions: {e}\r\n"));
     let req = format!(
         "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
     );
     s.write_all(req.as_bytes())?;
     let mut head = Vec::with_capacity(256);
@@ -108,6 +132,47 @@ fn open(addr: SocketAddr, n: u64) -> std::io::Result<TcpStream> {
     if !ok {
         return Err(std::io::Error::other("wrong or missing Sec-WebSocket-Accept"));
     }
+    if opts.extensions.is_some() {
+        let agreed = text.lines().any(|l| {
+            l.split_once(':')
+                .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("sec-websocket-extensions"))
+        });
+        if !agreed {
+            return Err(std::io::Error::other("the server declined the extension"));
+        }
+        if opts.message > 0 {
+            s.write_all(&stored_frame(opts.message))?;
+            // One frame back (its header); the rest of it is left unread.
+            let mut two = [0u8; 2];
+            s.read_exact(&mut two)?;
+        }
+    }
     s.set_read_timeout(None)?;
     Ok(s)
+}
+
+/// A masked text frame with RSV1 whose payload is `len` letters in one stored (uncompressed)
+/// deflate block, ending as a sync flush does without its `00 00 ff ff` tail.
+fn stored_frame(len: usize) -> Vec<u8> {
+    assert!((1..=65000).contains(&len));
+    let text: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut payload = vec![0x00];
+    payload.extend_from_slice(&(len as u16).to_le_bytes());
+    payload.extend_from_slice(&(!(len as u16)).to_le_bytes());
+    payload.extend_from_slice(&text);
+    // The header bits of the empty block whose LEN and NLEN the receiver's tail supplies
+    // (RFC 7692 section 7.2.3.3).
+    payload.push(0x00);
+    let key = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x80 | 0x40 | 0x1];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
 }
