@@ -621,12 +621,15 @@ impl Reader {
             window_bits: 15,
         });
         let inflater = self.inflater.get_or_insert_with(|| Inflater::new(peer));
-        inflater.inflate(piece, last, &mut self.assembled, limit)?;
+        let inflated = inflater.inflate(piece, last, &mut self.assembled, limit);
+        // The text inflated so far is checked even when inflation then failed, so that the
+        // first fault in the message is the one reported, however its frames were cut.
         if self.kind == Some(Kind::Text) {
             self.utf8
-                .feed(&self.assembled[from..], last)
+                .feed(&self.assembled[from..], last && inflated.is_ok())
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
+        inflated?;
         if last && inflater.per_message() {
             if let Some(inflater) = self.inflater.take() {
                 inflater.recycle();
@@ -1334,6 +1337,24 @@ mod tests {
             drive(&mut r, &[&latin1], 4096),
             Err(ProtocolError::InvalidUtf8)
         );
+    }
+
+    #[test]
+    fn the_first_fault_is_reported_however_the_frames_arrive() {
+        // Text that turns invalid early and then inflates past the limit: 1007, whether the
+        // compressed bytes come at once or in small pieces.
+        let (_, mut c) = deflating(false);
+        let mut text = b"ok \xff".to_vec();
+        text.extend(std::iter::repeat_n(b'a', 4 << 20));
+        let wire = compressed(&mut c, OpCode::Text, &text, 1);
+        for piece in [wire.len(), 7] {
+            let (mut r, _) = deflating(false);
+            let chunks: Vec<&[u8]> = wire.chunks(piece).collect();
+            assert_eq!(
+                drive(&mut r, &chunks, 4096),
+                Err(ProtocolError::InvalidUtf8)
+            );
+        }
     }
 
     #[test]

@@ -61,6 +61,7 @@ fn check_ready(m: &Message<'_>, ready: &Ready) {
 
 /// How payloads are read straight into the reassembly buffer, if they are.
 #[derive(Clone, Copy)]
+#[allow(dead_code)] // The `inflate` target reads no payload directly.
 pub enum Direct {
     No,
     /// Into the reader's buffer.
