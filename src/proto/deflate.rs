@@ -523,7 +523,10 @@ impl Inflater {
                     }
                     return Ok(());
                 }
-                out.reserve_exact(INFLATE_STEP.min(limit - out.len()));
+                // Room for about what the input inflates to (text rarely more than 4x),
+                // doubling after, never a step past the limit.
+                let want = (4 * input.len()).max(out.len()).max(256);
+                out.reserve_exact(want.min(INFLATE_STEP).min(limit - out.len()));
             }
             let (in0, out0) = (self.inner.total_in(), self.inner.total_out());
             let status = self
