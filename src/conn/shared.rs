@@ -227,6 +227,14 @@ impl Conn {
     /// Queues a data frame, waiting while the queue is above the high-water mark.
     pub(super) async fn queue_data(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
         self.wait_to_queue().await?;
+        self.encode_data(opcode, payload);
+        Ok(())
+    }
+
+    /// Encodes a data frame at the end of the queue, compressed when the connection agreed
+    /// permessage-deflate and the message is worth it. (Not async, so that the futures of
+    /// `send` and `send_owned`, which every connection's handler holds, stay small.)
+    fn encode_data(&self, opcode: OpCode, payload: &[u8]) {
         let mut deflate = self.deflate.borrow_mut();
         match deflate.as_deref_mut().filter(|c| c.wants(payload.len())) {
             Some(c) => SCRATCH.with(|z| {
@@ -243,7 +251,6 @@ impl Conn {
             }),
             None => self.encode_frame(0, opcode, payload),
         }
-        Ok(())
     }
 
     /// Sets the compressor that permessage-deflate's agreement calls for.
@@ -254,29 +261,29 @@ impl Conn {
     /// Queues a data frame whose payload is shared rather than copied when it is large (and
     /// the frame is not masked), waiting while the queue is above the high-water mark.
     pub(super) async fn queue_shared(&self, opcode: OpCode, payload: Bytes) -> Result<()> {
+        self.wait_to_queue().await?;
+        self.encode_shared(opcode, payload);
+        Ok(())
+    }
+
+    /// [`Conn::queue_shared`] once there is room: a large payload goes into the queue as it
+    /// is (or compressed once for every connection with the same settings).
+    fn encode_shared(&self, opcode: OpCode, payload: Bytes) {
         // `Some(Some(key))`: compressed without context; `Some(None)`: with context.
         let compress = match self.deflate.borrow().as_deref() {
             Some(c) if c.wants(payload.len()) => Some(c.is_stateless().then(|| c.key())),
             _ => None,
         };
         let (rsv, payload) = match compress {
-            Some(Some(key)) => {
-                // Compressed once for every connection it is sent to with the same settings.
-                self.wait_to_queue().await?;
-                match self.compress_shared(key, &payload) {
-                    Some(z) => (RSV1, z),
-                    None => (0, payload),
-                }
-            }
-            Some(None) => return self.queue_data(opcode, &payload).await,
-            None => {
-                self.wait_to_queue().await?;
-                (0, payload)
-            }
+            Some(Some(key)) => match self.compress_shared(key, &payload) {
+                Some(z) => (RSV1, z),
+                None => (0, payload),
+            },
+            Some(None) => return self.encode_data(opcode, &payload),
+            None => (0, payload),
         };
         if payload.len() < SHARE_MIN || self.mask.is_some() {
-            self.encode_frame(rsv, opcode, &payload);
-            return Ok(());
+            return self.encode_frame(rsv, opcode, &payload);
         }
         let mut header = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&mut header, true, rsv, opcode, None, payload.len() as u64);
@@ -290,7 +297,6 @@ impl Conn {
         ob.chunks.push(payload);
         drop(ob);
         self.queued();
-        Ok(())
     }
 
     /// Waits while the queue is above the high-water mark; fails once the connection is

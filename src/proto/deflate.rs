@@ -422,7 +422,8 @@ pub fn accept_response<'a>(
 
 /// Inflates the compressed frames of received messages, bounded by a limit on its output.
 pub struct Inflater {
-    inner: Decompress,
+    /// Boxed: a connection's reader carries the slot, most of the time empty.
+    inner: Box<Decompress>,
     /// The peer's stream has no context takeover: reset after each message.
     no_context_takeover: bool,
 }
@@ -437,7 +438,7 @@ impl std::fmt::Debug for Inflater {
 
 thread_local! {
     /// Idle inflaters with a 15-bit window, for streams without context takeover.
-    static INFLATERS: RefCell<Vec<Decompress>> = const { RefCell::new(Vec::new()) };
+    static INFLATERS: RefCell<Vec<Box<Decompress>>> = const { RefCell::new(Vec::new()) };
     /// Idle compressors for streams without context takeover, by (window bits, level).
     static DEFLATERS: RefCell<Vec<(u8, u32, Compress)>> = const { RefCell::new(Vec::new()) };
 }
@@ -452,9 +453,12 @@ impl Inflater {
         let inner = if peer.no_context_takeover {
             INFLATERS
                 .with(|c| c.borrow_mut().pop())
-                .unwrap_or_else(|| Decompress::new_with_window_bits(false, 15))
+                .unwrap_or_else(|| Box::new(Decompress::new_with_window_bits(false, 15)))
         } else {
-            Decompress::new_with_window_bits(false, peer.window_bits.max(MIN_DEFLATE_BITS))
+            Box::new(Decompress::new_with_window_bits(
+                false,
+                peer.window_bits.max(MIN_DEFLATE_BITS),
+            ))
         };
         Inflater {
             inner,
