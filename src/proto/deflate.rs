@@ -438,6 +438,8 @@ impl std::fmt::Debug for Inflater {
 
 thread_local! {
     /// Idle inflaters with a 15-bit window, for streams without context takeover.
+    // Boxed inside the Vec too: an inflater moves between the cache and readers as a box.
+    #[allow(clippy::vec_box)]
     static INFLATERS: RefCell<Vec<Box<Decompress>>> = const { RefCell::new(Vec::new()) };
     /// Idle compressors for streams without context takeover, by (window bits, level).
     static DEFLATERS: RefCell<Vec<(u8, u32, Compress)>> = const { RefCell::new(Vec::new()) };
