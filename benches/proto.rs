@@ -216,9 +216,9 @@ fn reader(c: &mut Criterion) {
     group.finish();
 }
 
-/// permessage-deflate on 1 KiB of JSON-like text, without context takeover (each message on
-/// its own, as in shared mode): compressing at zlib levels 1, 2 and 6, and inflating. The
-/// compressed size of each level is printed once.
+/// permessage-deflate on JSON-like text, without context takeover (each message on its own,
+/// as in shared mode): 1 KiB at zlib levels 1, 2 and 6, 16 to 256 bytes at level 1 (the send
+/// threshold), and inflating 1 KiB. Each compressed size is printed once.
 fn deflate(c: &mut Criterion) {
     let text = uringws::cli::load::json_like(1024);
     let stream = Stream {
@@ -243,6 +243,25 @@ fn deflate(c: &mut Criterion) {
             })
         });
     }
+    // The send threshold: what a message of each size shrinks to, and what it costs.
+    for size in [16, 64, 128, 256] {
+        let text = uringws::cli::load::json_like(size);
+        let mut comp = Compressor::new(stream, &Compression::shared().min_size(0));
+        let mut out = Vec::with_capacity(2048);
+        let shrank = comp.compress(&text, &mut out);
+        eprintln!(
+            "deflate level 1: {size} -> {}",
+            if shrank { format!("{} bytes", out.len()) } else { "not smaller: sent plain".into() }
+        );
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(BenchmarkId::new("compress_json_level_1", size), |b| {
+            b.iter(|| {
+                out.clear();
+                comp.compress(black_box(&text), &mut out)
+            })
+        });
+    }
+    group.throughput(Throughput::Bytes(text.len() as u64));
     let mut inflater = Inflater::new(stream);
     let mut out = Vec::with_capacity(2048);
     group.bench_function("inflate_1KiB_json", |b| {
