@@ -251,7 +251,11 @@ fn deflate(c: &mut Criterion) {
         let shrank = comp.compress(&text, &mut out);
         eprintln!(
             "deflate level 1: {size} -> {}",
-            if shrank { format!("{} bytes", out.len()) } else { "not smaller: sent plain".into() }
+            if shrank {
+                format!("{} bytes", out.len())
+            } else {
+                "not smaller: sent plain".into()
+            }
         );
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(BenchmarkId::new("compress_json_level_1", size), |b| {

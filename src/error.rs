@@ -53,6 +53,10 @@ pub enum Error {
         /// What it must be, e.g. "it must be 256 to 1073741824 bytes".
         allowed: String,
     },
+    /// A value could not be serialized as JSON ([`crate::Sender::send_json`]).
+    #[cfg(feature = "json")]
+    #[error("cannot serialize the message as JSON: {0}")]
+    Json(#[from] serde_json::Error),
     /// An address could not be parsed or resolved (a listen address, or a URL's host).
     #[error("cannot resolve the address {addr}: {source}")]
     Address {

@@ -35,6 +35,8 @@ pub mod cli;
 pub mod client;
 mod conn;
 mod error;
+#[cfg(feature = "json")]
+mod json;
 pub mod proto;
 pub mod server;
 mod uring;
