@@ -369,3 +369,75 @@ fn many_timeouts_on_one_thread_each_fire_on_time() {
     }
     server.shutdown().unwrap();
 }
+
+/// Connections that come one at a time are spread over the threads: the kernel would wake the
+/// same thread's accept for each of them.
+#[test]
+fn connections_are_spread_over_the_threads() {
+    let Some(server) = start_with(local(2), |ws: uringws::WebSocket| async move {
+        let (mut rx, tx) = ws.split();
+        let name = std::thread::current().name().unwrap_or("").to_owned();
+        while rx.recv().await?.is_some() {
+            tx.send_text(&name).await?;
+        }
+        Ok(())
+    }) else {
+        return;
+    };
+    let mut counts = std::collections::HashMap::new();
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect(server.local_addr());
+        c.send(true, OpCode::Text, b"which thread?");
+        let name = String::from_utf8(c.read_frame().unwrap().payload).unwrap();
+        *counts.entry(name).or_insert(0) += 1;
+        clients.push(c);
+    }
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 10), "{counts:?}");
+    server.shutdown().unwrap();
+}
+
+/// Handlers that hold their receive buffers (they do not call `recv` for a while) can use up
+/// the thread's ring; the connections that come meanwhile are still served, at once, and the
+/// thread does not spin waiting for buffers.
+#[test]
+fn a_ring_held_by_busy_handlers_does_not_stall_other_connections() {
+    let Some(server) = start_with(
+        local(1).registered_buffers(4),
+        |ws: uringws::WebSocket| async move {
+            let (mut rx, tx) = ws.split();
+            while let Some(msg) = rx.recv().await? {
+                let hold = msg.payload() == b"hold";
+                tx.send(msg).await?;
+                if hold {
+                    // The message's ring buffer stays with this connection meanwhile.
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                }
+            }
+            Ok(())
+        },
+    ) else {
+        return;
+    };
+    let addr = server.local_addr();
+    let mut holders = Vec::new();
+    for _ in 0..8 {
+        let mut c = Client::connect(addr);
+        c.send(true, OpCode::Text, b"hold");
+        assert_eq!(c.read_frame().unwrap().payload, b"hold");
+        holders.push(c);
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        let mut c = Client::connect(addr);
+        c.send(true, OpCode::Text, b"still served");
+        assert_eq!(c.read_frame().unwrap().payload, b"still served");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    server.shutdown().unwrap();
+}

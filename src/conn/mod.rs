@@ -23,7 +23,7 @@ pub use info::ConnectionInfo;
 pub use receiver::Receiver;
 pub(crate) use receiver::{RxState, DIRECT_READ_MIN};
 pub use sender::Sender;
-pub(crate) use shared::Conn;
+pub(crate) use shared::{Conn, Offered};
 pub(crate) use timers::{Phase, Timeouts};
 pub use websocket::WebSocket;
 pub(crate) use writer::{corked, writer};

@@ -187,35 +187,52 @@ impl RxState {
                 }
             };
         }
-        loop {
-            let recv = match &mut self.recv {
-                Some(r) => r,
-                None => match conn.stream.recv_multi() {
-                    Ok(r) => self.recv.insert(r),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot start a receive");
-                        return false;
-                    }
-                },
-            };
-            match recv.recv().await {
-                Received::Data(bytes) => {
-                    conn.last_activity.set(Instant::now());
-                    self.take_in(bytes);
-                    return true;
-                }
-                Received::Eof => return false,
-                Received::Rearm if self.stopping => {
-                    // Stopped for single-shot reads: the caller's next `fill` starts them.
-                    self.recv = None;
-                    self.stopping = false;
-                    return true;
-                }
-                Received::Rearm => self.recv = None,
-                Received::Err(e) => {
-                    tracing::debug!(error = %e, "receive failed");
+        let recv = match &mut self.recv {
+            Some(r) => r,
+            None => match conn.stream.recv_multi() {
+                Ok(r) => self.recv.insert(r),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot start a receive");
                     return false;
                 }
+            },
+        };
+        match recv.recv().await {
+            Received::Data(bytes) => {
+                conn.last_activity.set(Instant::now());
+                self.take_in(bytes);
+                true
+            }
+            Received::Eof => false,
+            Received::Rearm if self.stopping => {
+                // Stopped for single-shot reads: the caller's next `fill` starts them.
+                self.recv = None;
+                self.stopping = false;
+                true
+            }
+            Received::Rearm => {
+                // The ring ran dry (its buffers are held by connections whose messages
+                // are not consumed yet), or the receive was ended. Re-arming at once could
+                // end the same way, again and again, while the buffers that would let it
+                // go on wait for other connections' handlers: read the next bytes once
+                // into a heap buffer instead; the next `fill` re-arms the ring receive.
+                self.recv = None;
+                let started = if self.start < self.end {
+                    self.move_to_heap();
+                    self.continue_single(conn)
+                } else {
+                    self.start_single(conn, None)
+                };
+                if let Err(e) = started {
+                    tracing::debug!(error = %e, "cannot start a read");
+                    return false;
+                }
+                // Boxed: rare, and `fill`'s future is part of every `recv`.
+                Box::pin(self.fill(conn)).await
+            }
+            Received::Err(e) => {
+                tracing::debug!(error = %e, "receive failed");
+                false
             }
         }
     }
@@ -273,6 +290,23 @@ impl RxState {
         let room = buf.capacity() - buf.len();
         self.single = Some(Single::Heap(conn.stream.start_read(buf, room)?));
         Ok(())
+    }
+
+    /// Moves pending bytes that lie in a ring buffer into a heap buffer (giving the ring
+    /// buffer back), so that a single-shot read can continue behind them.
+    fn move_to_heap(&mut self) {
+        if !matches!(self.buf, ReadBuf::Ring(_)) {
+            return;
+        }
+        let ReadBuf::Heap(mut heap) = self.pool.checkout() else {
+            unreachable!("the pool hands out heap buffers")
+        };
+        heap.clear();
+        heap.extend_from_slice(&self.buf.bytes()[self.start..self.end]);
+        self.start = 0;
+        self.end = heap.len();
+        // The ring buffer goes back to the ring as it is dropped here.
+        self.buf = ReadBuf::Heap(heap);
     }
 
     /// Adds received bytes: parsed where they lie when nothing is pending, else gathered

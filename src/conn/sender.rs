@@ -173,6 +173,30 @@ impl Sender {
         self.conn.data()
     }
 
+    /// Subscribes this connection to `topic` (see [`crate::Publisher`]); `Ok(false)` when it
+    /// already was. Closing the connection unsubscribes it. An error on a client's
+    /// connection: topics are a server's.
+    pub fn subscribe(&self, topic: &str) -> Result<bool> {
+        crate::server::topics::subscribe(&self.conn, topic)
+    }
+
+    /// Unsubscribes this connection from `topic`; `false` when it was not subscribed.
+    pub fn unsubscribe(&self, topic: &str) -> bool {
+        crate::server::topics::unsubscribe(&self.conn, topic)
+    }
+
+    /// Publishes `message` to every subscriber of `topic` on every thread of the server,
+    /// except this connection (use [`Sender::publisher`] to include it). Returns at once; see
+    /// [`crate::Publisher::publish`].
+    pub fn publish(&self, topic: &str, message: OwnedMessage) -> Result<()> {
+        crate::server::topics::publish_from(&self.conn, topic, message)
+    }
+
+    /// The server's [`crate::Publisher`] (`None` on a client's connection).
+    pub fn publisher(&self) -> Option<crate::Publisher> {
+        crate::server::topics::publisher()
+    }
+
     pub(super) fn control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
         if payload.len() > MAX_CONTROL_PAYLOAD {
             return Err(Error::ControlTooLong);

@@ -31,6 +31,16 @@ use crate::uring::TcpStream;
 /// rather than copied into the send queue (and their buffers go back to the pool after).
 pub(super) const SHARE_MIN: usize = LARGE_MIN;
 
+/// What [`Conn::offer_shared`] did.
+pub(crate) enum Offered {
+    /// The frame is queued.
+    Queued,
+    /// The queue is over its limit: nothing was queued.
+    Full,
+    /// The connection is closing: nothing was queued.
+    Closed,
+}
+
 /// The largest shared payload whose compressed form the thread remembers.
 const SHARED_CACHE_MAX: usize = 1 << 20;
 
@@ -260,6 +270,22 @@ impl Conn {
 
     /// Queues a data frame whose payload is shared rather than copied when it is large (and
     /// the frame is not masked), waiting while the queue is above the high-water mark.
+    /// Queues a data frame with a shared payload now, without waiting: refused when the queue
+    /// is over its limit or the connection is closing (a publish to a slow subscriber).
+    pub(crate) fn offer_shared(&self, opcode: OpCode, payload: Bytes) -> Offered {
+        {
+            let ob = self.outbox.borrow();
+            if ob.close_queued || ob.failed {
+                return Offered::Closed;
+            }
+            if ob.data.len() + ob.chunks_len + ob.in_flight > self.send_limit {
+                return Offered::Full;
+            }
+        }
+        self.encode_shared(opcode, payload);
+        Offered::Queued
+    }
+
     pub(super) async fn queue_shared(&self, opcode: OpCode, payload: Bytes) -> Result<()> {
         self.wait_to_queue().await?;
         self.encode_shared(opcode, payload);

@@ -53,7 +53,8 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
         // The handler's future (boxed) takes the WebSocket here, so that this task's future
         // does not keep room for the receive state beside it.
         let handler = (ctx.handler)(WebSocket::new(conn.clone(), state));
-        run(conn, handler).await;
+        run(conn.clone(), handler).await;
+        ctx.topics.remove_conn(&conn);
     }
     ctx.unregister(id);
 }

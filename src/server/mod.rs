@@ -16,6 +16,7 @@
 //! ```
 
 mod conn;
+pub(crate) mod topics;
 
 pub use crate::conn::{ConnectionInfo, Receiver, Sender, WebSocket};
 pub use crate::proto::handshake::{Header, Request, UpgradeRequest};
@@ -36,6 +37,7 @@ use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
 pub use crate::proto::deflate::Compression;
 use crate::proto::message::{DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
+pub use topics::{Publisher, SlowSubscriber};
 
 use crate::conn::buffers::BufferPool;
 use crate::conn::{Conn, Phase};
@@ -102,6 +104,9 @@ pub struct Config {
     /// and one decompressor per thread, no context takeover either way);
     /// [`Compression::dedicated`] gives each connection its own, with context takeover.
     pub compression: Compression,
+    /// What a subscriber whose send queue is over `send_queue_limit` gets when a publish
+    /// reaches it (see [`Publisher`]). Default: [`SlowSubscriber::Drop`] (counted).
+    pub slow_subscriber: SlowSubscriber,
 }
 
 impl Config {
@@ -135,6 +140,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             reuse_port: false,
             compression: Compression::OFF,
+            slow_subscriber: SlowSubscriber::Drop,
         }
     }
 }
@@ -449,6 +455,12 @@ impl Server {
         self
     }
 
+    /// Sets [`Config::slow_subscriber`] (default: drop the message and count it).
+    pub fn slow_subscriber(mut self, policy: SlowSubscriber) -> Self {
+        self.config.slow_subscriber = policy;
+        self
+    }
+
     /// Sets `SO_REUSEPORT` on the listening socket (default off); see [`Config::reuse_port`].
     pub fn reuse_port(mut self, on: bool) -> Self {
         self.config.reuse_port = on;
@@ -539,10 +551,16 @@ impl Server {
         let listener = listen(self.addr, config.reuse_port)?;
         let addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (handoffs, mut handoff_rx): (Vec<_>, Vec<_>) = (0..config.threads)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
         let shared = Arc::new(Shared {
             open: AtomicUsize::new(0),
             stop: stop_tx,
+            next_thread: AtomicUsize::new(0),
+            handoffs,
         });
+        let (hub, mut queues) = topics::Hub::new(config.threads, config.slow_subscriber);
         let mut threads = Vec::new();
         for i in 0..config.threads {
             let (ready_tx, ready_rx) = mpsc::channel();
@@ -553,6 +571,10 @@ impl Server {
                 stop: stop_rx.clone(),
                 http: self.http.clone(),
                 check: self.check.clone(),
+                index: i,
+                hub: hub.clone(),
+                queue: queues.remove(0),
+                handoff: handoff_rx.remove(0),
             };
             let handler = handler.clone();
             let thread = std::thread::Builder::new()
@@ -578,6 +600,7 @@ impl Server {
             addr,
             shared,
             threads,
+            hub,
         })
     }
 }
@@ -586,13 +609,21 @@ impl Server {
 struct Shared {
     open: AtomicUsize,
     stop: watch::Sender<bool>,
+    /// The thread the next accepted connection goes to (round robin).
+    next_thread: AtomicUsize,
+    /// Each thread's queue of connections another thread accepted for it.
+    handoffs: Vec<tokio::sync::mpsc::UnboundedSender<Accepted>>,
 }
+
+/// A connection accepted by one thread for another: its socket and its peer.
+type Accepted = (std::os::fd::OwnedFd, SocketAddr);
 
 /// A started server.
 pub struct RunningServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    hub: Arc<topics::Hub>,
 }
 
 impl RunningServer {
@@ -606,6 +637,11 @@ impl RunningServer {
         ShutdownHandle {
             shared: self.shared.clone(),
         }
+    }
+
+    /// A [`Publisher`] for this server's topics, usable from any thread.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.hub.clone())
     }
 
     /// The number of open connections.
@@ -697,6 +733,12 @@ struct ThreadSetup {
     stop: watch::Receiver<bool>,
     http: Option<Arc<HttpFn>>,
     check: Option<Arc<CheckFn>>,
+    /// The thread's index, and its end of the topics.
+    index: usize,
+    hub: Arc<topics::Hub>,
+    queue: tokio::sync::mpsc::UnboundedReceiver<topics::Delivery>,
+    /// Connections accepted by other threads for this one.
+    handoff: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
 }
 
 /// What one runtime thread shares between its connections.
@@ -706,7 +748,10 @@ pub(crate) struct ThreadCtx {
     pub(crate) check: Option<Arc<CheckFn>>,
     pub(crate) handler: Box<Handler>,
     pub(crate) buffers: Rc<BufferPool>,
+    pub(crate) topics: Rc<topics::ThreadTopics>,
     shared: Arc<Shared>,
+    /// This thread's index among the server's threads.
+    index: usize,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     next_id: Cell<u64>,
     stopping: Cell<bool>,
@@ -784,13 +829,17 @@ where
     };
     rt.block_on(async move {
         let listener = setup.listener;
+        let topics = topics::ThreadTopics::install(setup.index, setup.hub);
+        tokio::task::spawn_local(topics.clone().run(setup.queue));
         let ctx = Rc::new(ThreadCtx {
+            topics,
             buffers: Rc::new(BufferPool::new(setup.config.read_buffer_size)),
             config: setup.config,
             http: setup.http,
             check: setup.check,
             handler: Box::new(move |ws| Box::pin(handler(ws))),
             shared: setup.shared,
+            index: setup.index,
             conns: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
             stopping: Cell::new(false),
@@ -799,6 +848,7 @@ where
         let _ = ready.send(Ok(()));
         tracing::info!(addr = ?listener.local_addr(), "listening");
         tokio::task::spawn_local(accept_loop(ctx.clone(), listener.as_raw_fd()));
+        tokio::task::spawn_local(handoff_loop(ctx.clone(), setup.handoff));
         let mut stop = setup.stop;
         while !*stop.borrow_and_update() {
             if stop.changed().await.is_err() {
@@ -809,7 +859,23 @@ where
     });
 }
 
-/// Accepts connections with one multishot accept (re-armed when it ends) and serves each.
+/// Serves the connections other threads accepted for this one (closing them once stopping).
+async fn handoff_loop(
+    ctx: Rc<ThreadCtx>,
+    mut handoff: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+) {
+    while let Some((fd, peer)) = handoff.recv().await {
+        if ctx.stopping.get() {
+            let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+            ctx.shared.open.fetch_sub(1, Ordering::Relaxed);
+            continue;
+        }
+        tokio::task::spawn_local(conn::serve(ctx.clone(), TcpStream::from_fd(fd), peer));
+    }
+}
+
+/// Accepts connections with one multishot accept (re-armed when it ends) and serves each, or
+/// hands it to the thread whose turn it is.
 async fn accept_loop(ctx: Rc<ThreadCtx>, listener: RawFd) {
     ctx.accepting.set(ctx.accepting.get() + 1);
     let mut accepts: Option<AcceptMulti> = None;
@@ -840,14 +906,17 @@ async fn accept_loop(ctx: Rc<ThreadCtx>, listener: RawFd) {
             // The multishot accept ended: start another.
             None => accepts = None,
             Some(Ok(fd)) => {
-                let stream = TcpStream::from_fd(fd);
-                let Ok(peer) = stream.peer_addr() else {
+                let Ok(peer) = socket2::SockRef::from(&fd).peer_addr() else {
                     continue; // gone already
+                };
+                let Some(peer) = peer.as_socket() else {
+                    continue;
                 };
                 let open = ctx.shared.open.fetch_add(1, Ordering::Relaxed);
                 if open >= ctx.config.max_connections {
                     ctx.shared.open.fetch_sub(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "connection limit reached; answering 503");
+                    let stream = TcpStream::from_fd(fd);
                     tokio::task::spawn_local(async move {
                         let mut out = Vec::new();
                         crate::proto::handshake::write_response(
@@ -862,7 +931,19 @@ async fn accept_loop(ctx: Rc<ThreadCtx>, listener: RawFd) {
                     });
                     continue;
                 }
-                tokio::task::spawn_local(conn::serve(ctx.clone(), stream, peer));
+                // Round robin over the threads: the kernel wakes the same thread's accept for
+                // every connection that comes while it waits, which would put every
+                // connection of a lightly loaded server on one thread.
+                let n = ctx.shared.handoffs.len();
+                let target = ctx.shared.next_thread.fetch_add(1, Ordering::Relaxed) % n;
+                if target == ctx.index {
+                    let stream = TcpStream::from_fd(fd);
+                    tokio::task::spawn_local(conn::serve(ctx.clone(), stream, peer));
+                } else if let Err(e) = ctx.shared.handoffs[target].send((fd, peer)) {
+                    // That thread has stopped: the connection is closed as it is dropped.
+                    drop(e);
+                    ctx.shared.open.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "accept failed");

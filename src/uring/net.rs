@@ -52,14 +52,6 @@ impl TcpStream {
         self.sock().set_tcp_nodelay(on)
     }
 
-    /// The peer's address.
-    pub(crate) fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.sock()
-            .peer_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("not an IP socket"))
-    }
-
     /// Shuts one or both directions down at once (a plain system call: it starts no
     /// operation and ends the receives in flight).
     pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
@@ -214,19 +206,27 @@ pub(crate) async fn recv_append(
     stream: &TcpStream,
     buf: &mut Vec<u8>,
 ) -> io::Result<bool> {
-    loop {
-        let r = match recv {
-            Some(r) => r,
-            None => recv.insert(stream.recv_multi()?),
-        };
-        match r.recv().await {
-            Received::Data(b) => {
-                buf.extend_from_slice(&b);
-                return Ok(true);
-            }
-            Received::Eof => return Ok(false),
-            Received::Rearm => *recv = None,
-            Received::Err(e) => return Err(e),
+    let r = match recv {
+        Some(r) => r,
+        None => recv.insert(stream.recv_multi()?),
+    };
+    match r.recv().await {
+        Received::Data(b) => {
+            buf.extend_from_slice(&b);
+            Ok(true)
         }
+        Received::Eof => Ok(false),
+        Received::Rearm => {
+            // The ring ran dry (or the receive ended): read once into `buf` instead of
+            // re-arming into the same shortage (see `RxState::fill`); the next call re-arms
+            // the ring receive.
+            *recv = None;
+            let mut v = std::mem::take(buf);
+            v.reserve(4096);
+            let (res, v) = stream.read(v).await;
+            *buf = v;
+            res.map(|n| n > 0)
+        }
+        Received::Err(e) => Err(e),
     }
 }

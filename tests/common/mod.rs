@@ -204,6 +204,9 @@ impl Client {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return false,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                // A thread that ran a client ring may see its blocking calls interrupted
+                // (io_uring's task work is signalled to it).
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => panic!("read failed: {e}"),
             }
         }
@@ -262,6 +265,7 @@ impl Client {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return,
                 Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
                 Err(e) => panic!("the server did not close the connection: {e}"),
             }

@@ -1,0 +1,283 @@
+//! Topics: connections subscribe to named topics, and a publish reaches every subscriber on
+//! every thread of the server.
+//!
+//! Each thread keeps its own subscribers. A publish, from a handler or from any thread through
+//! a [`Publisher`], goes into one queue per thread (no lock per subscriber); the thread drains
+//! its queue in its own loop and queues the message on each local subscriber: encoded once (a
+//! shared payload, compressed once per thread where permessage-deflate allows), and the
+//! messages a subscriber gets in one loop turn leave in one write, as replies do. A subscriber
+//! whose send queue is over its limit gets the server's [`SlowSubscriber`] policy instead;
+//! publishing never waits for it. Closing a connection unsubscribes it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::conn::{Conn, Offered};
+use crate::error::{Error, Result};
+use crate::proto::close::CloseCode;
+use crate::proto::frame::OpCode;
+use crate::proto::message::OwnedMessage;
+
+/// What a subscriber whose send queue is over [`crate::Config::send_queue_limit`] gets when a
+/// publish reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowSubscriber {
+    /// The message is dropped for that subscriber and counted
+    /// ([`Publisher::dropped`]); the connection stays open. The default.
+    Drop,
+    /// The connection is closed with this code (1008 policy violation or 1013 try again
+    /// later are the usual ones); the message is dropped.
+    Close(CloseCode),
+}
+
+/// One publish, as it travels to each thread.
+pub(crate) struct Delivery {
+    topic: Arc<str>,
+    opcode: OpCode,
+    payload: Bytes,
+    /// The publishing connection (thread index, connection key), which does not receive it.
+    exclude: Option<(usize, usize)>,
+}
+
+/// What every thread of a server shares: the threads' queues and the drop counter.
+pub(crate) struct Hub {
+    queues: Vec<mpsc::UnboundedSender<Delivery>>,
+    dropped: AtomicU64,
+    policy: SlowSubscriber,
+}
+
+impl Hub {
+    /// A hub for `threads` threads; returns the receiving end of each thread's queue.
+    pub(crate) fn new(
+        threads: usize,
+        policy: SlowSubscriber,
+    ) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<Delivery>>) {
+        let (queues, receivers) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
+        let hub = Hub {
+            queues,
+            dropped: AtomicU64::new(0),
+            policy,
+        };
+        (Arc::new(hub), receivers)
+    }
+
+    fn publish(
+        &self,
+        topic: &str,
+        message: OwnedMessage,
+        exclude: Option<(usize, usize)>,
+    ) -> Result<()> {
+        let (opcode, payload) = match message {
+            OwnedMessage::Text(b) => {
+                if simdutf8::basic::from_utf8(&b).is_err() {
+                    return Err(Error::InvalidText);
+                }
+                (OpCode::Text, b)
+            }
+            OwnedMessage::Binary(b) => (OpCode::Binary, b),
+            _ => {
+                return Err(Error::Config(
+                    "only text and binary messages can be published".into(),
+                ))
+            }
+        };
+        let topic: Arc<str> = topic.into();
+        for queue in &self.queues {
+            // A thread that has stopped has no subscribers left.
+            let _ = queue.send(Delivery {
+                topic: topic.clone(),
+                opcode,
+                payload: payload.clone(),
+                exclude,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Publishes to a server's topics from anywhere: any thread, any task, any handler. `Send`,
+/// `Sync` and cheap to clone. Get one from [`crate::RunningServer::publisher`] or, in a
+/// handler, [`crate::Sender::publisher`].
+#[derive(Clone)]
+pub struct Publisher {
+    hub: Arc<Hub>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("threads", &self.hub.queues.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub(crate) fn new(hub: Arc<Hub>) -> Publisher {
+        Publisher { hub }
+    }
+
+    /// Sends `message` (text or binary) to every subscriber of `topic`, on every thread. It
+    /// returns at once: each thread delivers it in its own loop, in the order this publisher
+    /// published. Errors: a ping, pong or close ([`Error::Config`]) or text that is not UTF-8
+    /// ([`Error::InvalidText`]).
+    pub fn publish(&self, topic: &str, message: OwnedMessage) -> Result<()> {
+        self.hub.publish(topic, message, None)
+    }
+
+    /// Messages dropped so far for subscribers whose send queue was full
+    /// ([`SlowSubscriber::Drop`]), or not sent to a subscriber closed for it.
+    pub fn dropped(&self) -> u64 {
+        self.hub.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A topic's subscribers on one thread, by connection key.
+type Subscribers = HashMap<usize, Weak<Conn>>;
+
+/// One thread's subscribers.
+pub(crate) struct ThreadTopics {
+    index: usize,
+    hub: Arc<Hub>,
+    /// Topic -> subscribers, by connection key (the address of its state).
+    subs: RefCell<HashMap<Arc<str>, Subscribers>>,
+    /// Connection key -> its topics, to unsubscribe it when it closes.
+    by_conn: RefCell<HashMap<usize, Vec<Arc<str>>>>,
+}
+
+thread_local! {
+    /// The topics of the server thread this is, if it is one.
+    static CURRENT: RefCell<Option<Rc<ThreadTopics>>> = const { RefCell::new(None) };
+}
+
+/// The key of a connection in the maps: the address of its state, unique while it lives (and
+/// it is unsubscribed before it goes).
+fn key(conn: &Rc<Conn>) -> usize {
+    Rc::as_ptr(conn) as usize
+}
+
+/// The topics of this thread; an error outside a server thread (a client's connection).
+fn current() -> Result<Rc<ThreadTopics>> {
+    CURRENT
+        .with(|c| c.borrow().clone())
+        .ok_or_else(|| Error::Config("topics are only available on a server's connections".into()))
+}
+
+impl ThreadTopics {
+    /// Makes the topics of thread `index` this thread's, and returns them.
+    pub(crate) fn install(index: usize, hub: Arc<Hub>) -> Rc<ThreadTopics> {
+        let topics = Rc::new(ThreadTopics {
+            index,
+            hub,
+            subs: RefCell::default(),
+            by_conn: RefCell::default(),
+        });
+        CURRENT.with(|c| *c.borrow_mut() = Some(topics.clone()));
+        topics
+    }
+
+    /// Delivers what is published to this thread, until the server stops.
+    pub(crate) async fn run(self: Rc<Self>, mut queue: mpsc::UnboundedReceiver<Delivery>) {
+        while let Some(d) = queue.recv().await {
+            self.deliver(d);
+            // Everything already queued goes out in this loop turn.
+            while let Ok(d) = queue.try_recv() {
+                self.deliver(d);
+            }
+        }
+    }
+
+    fn deliver(&self, d: Delivery) {
+        let targets: Vec<(usize, Weak<Conn>)> = match self.subs.borrow().get(&d.topic) {
+            Some(subs) => subs.iter().map(|(k, w)| (*k, w.clone())).collect(),
+            None => return,
+        };
+        for (k, weak) in targets {
+            if d.exclude == Some((self.index, k)) {
+                continue;
+            }
+            let Some(conn) = weak.upgrade() else { continue };
+            match conn.offer_shared(d.opcode, d.payload.clone()) {
+                Offered::Queued | Offered::Closed => continue,
+                Offered::Full => {}
+            }
+            self.hub.dropped.fetch_add(1, Ordering::Relaxed);
+            if let SlowSubscriber::Close(code) = self.hub.policy {
+                let _ = conn.queue_close(Some(code), "too slow for its subscriptions");
+            }
+        }
+    }
+
+    /// Removes every subscription of `conn` (when it closes).
+    pub(crate) fn remove_conn(&self, conn: &Rc<Conn>) {
+        let k = key(conn);
+        let Some(topics) = self.by_conn.borrow_mut().remove(&k) else {
+            return;
+        };
+        let mut subs = self.subs.borrow_mut();
+        for t in topics {
+            if let Some(m) = subs.get_mut(&t) {
+                m.remove(&k);
+                if m.is_empty() {
+                    subs.remove(&t);
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes `conn` to `topic` on this thread; `false` when it already was.
+pub(crate) fn subscribe(conn: &Rc<Conn>, topic: &str) -> Result<bool> {
+    let t = current()?;
+    let k = key(conn);
+    let mut subs = t.subs.borrow_mut();
+    let topic: Arc<str> = match subs.get_key_value(topic) {
+        Some((name, _)) => name.clone(),
+        None => topic.into(),
+    };
+    let added = subs
+        .entry(topic.clone())
+        .or_default()
+        .insert(k, Rc::downgrade(conn))
+        .is_none();
+    if added {
+        t.by_conn.borrow_mut().entry(k).or_default().push(topic);
+    }
+    Ok(added)
+}
+
+/// Unsubscribes `conn` from `topic`; `false` when it was not subscribed.
+pub(crate) fn unsubscribe(conn: &Rc<Conn>, topic: &str) -> bool {
+    let Ok(t) = current() else { return false };
+    let k = key(conn);
+    let mut subs = t.subs.borrow_mut();
+    let Some(m) = subs.get_mut(topic) else {
+        return false;
+    };
+    if m.remove(&k).is_none() {
+        return false;
+    }
+    if m.is_empty() {
+        subs.remove(topic);
+    }
+    if let Some(list) = t.by_conn.borrow_mut().get_mut(&k) {
+        list.retain(|x| &**x != topic);
+    }
+    true
+}
+
+/// Publishes from `conn` to every other subscriber of `topic`.
+pub(crate) fn publish_from(conn: &Rc<Conn>, topic: &str, message: OwnedMessage) -> Result<()> {
+    let t = current()?;
+    t.hub.publish(topic, message, Some((t.index, key(conn))))
+}
+
+/// This thread's publisher, on a server thread.
+pub(crate) fn publisher() -> Option<Publisher> {
+    current().ok().map(|t| Publisher::new(t.hub.clone()))
+}
