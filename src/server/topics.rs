@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::conn::{Conn, Offered};
+use crate::conn::{Conn, Offered, Phase};
 use crate::error::{Error, Result};
 use crate::proto::close::CloseCode;
 use crate::proto::frame::OpCode;
@@ -234,6 +234,10 @@ impl ThreadTopics {
 /// Subscribes `conn` to `topic` on this thread; `false` when it already was.
 pub(crate) fn subscribe(conn: &Rc<Conn>, topic: &str) -> Result<bool> {
     let t = current()?;
+    if conn.phase.get() == Phase::Done {
+        // Its subscriptions were removed when it ended; a new one would stay behind.
+        return Err(Error::Closed);
+    }
     let k = key(conn);
     let mut subs = t.subs.borrow_mut();
     let topic: Arc<str> = match subs.get_key_value(topic) {
