@@ -350,13 +350,21 @@ pub fn client_offer(config: &Compression) -> Option<String> {
             };
             return Some(format!("{}, {}", first.to_header(), second.to_header()));
         }
-        Mode::Dedicated { window_bits } => Params {
-            server_max_window_bits: (window_bits < 15).then_some(window_bits),
+        Mode::Dedicated { .. } => Params {
+            server_max_window_bits: server_window_asked(config),
             client_max_window_bits: Some(None),
             ..Params::default()
         },
     };
     Some(params.to_header())
+}
+
+/// The server window [`client_offer`] asks for: dedicated mode's, when below 15 bits.
+fn server_window_asked(config: &Compression) -> Option<u8> {
+    match config.mode {
+        Mode::Dedicated { window_bits } if window_bits < 15 => Some(window_bits),
+        _ => None,
+    }
 }
 
 /// The client's side: checks the server's answer (the items of its
@@ -378,16 +386,9 @@ pub fn accept_response<'a>(
         if agreed.is_some() {
             return Err(bad("permessage-deflate accepted twice"));
         }
-        // The offer the answer must match (shared mode's second offer differs from the first
-        // only in leaving the server its context, so any answer on that point is fine).
-        let offer = match config.mode {
-            Mode::Dedicated { window_bits } => Params {
-                server_max_window_bits: (window_bits < 15).then_some(window_bits),
-                ..Params::default()
-            },
-            _ => Params::default(),
-        };
-        let server_bits = match (offer.server_max_window_bits, p.server_max_window_bits) {
+        // Any answer on server_no_context_takeover is fine: shared mode's second offer leaves
+        // the server its context, and the other offers do not ask.
+        let server_bits = match (server_window_asked(config), p.server_max_window_bits) {
             (Some(asked), Some(n)) if n > asked => {
                 return Err(bad(format!(
                     "server_max_window_bits={n} is above the {asked} asked for"

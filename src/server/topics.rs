@@ -193,11 +193,13 @@ impl ThreadTopics {
     }
 
     fn deliver(&self, d: Delivery) {
-        let targets: Vec<(usize, Weak<Conn>)> = match self.subs.borrow().get(&d.topic) {
-            Some(subs) => subs.iter().map(|(k, w)| (*k, w.clone())).collect(),
-            None => return,
+        // Iterated in place, without a copy of the subscriber list per publish: queueing a
+        // frame or a close never touches the topics.
+        let subs = self.subs.borrow();
+        let Some(subs) = subs.get(&d.topic) else {
+            return;
         };
-        for (k, weak) in targets {
+        for (&k, weak) in subs {
             if d.exclude == Some((self.index, k)) {
                 continue;
             }
