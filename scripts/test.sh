@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run calls it:
-#   1. unit, property, integration and doc tests (cargo test);
-#   2. the library alone: it builds without default features, and then needs neither clap nor
-#      tracing-subscriber (only the binary does);
+#   1. unit, property, integration and doc tests (cargo test; the broker tests start Debian's
+#      redis-server, installed here when missing);
+#   2. the library alone: it builds without default features, and then needs none of clap,
+#      tracing-subscriber and redis (only the binary and the broker need them);
 #   3. the release build of the binary and the examples;
 #   4. Autobahn|Testsuite against the server (fuzzingclient) and the client (fuzzingserver);
 #   5. the hello-world client against the hello-world server, its output checked;
@@ -44,19 +45,26 @@ trap summary EXIT
 trap 'exit 130' INT TERM
 
 step "cargo test" "cargo test"
+# The broker tests start Debian's redis-server (Redis 7) themselves.
+if ! command -v redis-server >/dev/null; then
+    [[ "$(id -u)" -eq 0 ]] || { echo "redis-server is missing: apt-get install redis-server" >&2; exit 1; }
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends redis-server \
+        || { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server; }
+fi
 cargo test --locked --all-targets
 cargo test --locked --doc
 passed
 
-step "library alone" "library alone: builds without default features, needs neither clap nor tracing-subscriber"
+step "library alone" "library alone: builds without default features, needs neither clap, tracing-subscriber nor redis"
 cargo build --locked --no-default-features --lib
 tree=$(cargo tree --locked --no-default-features --edges normal -p uringws --prefix none)
-cli_deps=$(awk '$1 == "clap" || $1 == "tracing-subscriber" { print $1 " " $2 }' <<<"$tree" | sort -u)
+cli_deps=$(awk '$1 == "clap" || $1 == "tracing-subscriber" || $1 == "redis" { print $1 " " $2 }' <<<"$tree" | sort -u)
 if [[ -n $cli_deps ]]; then
     printf 'library alone: without default features uringws still depends on:\n%s\n' "$cli_deps" >&2
     exit 1
 fi
-printf 'no clap, no tracing-subscriber among the library'\''s dependencies\n'
+printf 'no clap, tracing-subscriber or redis among the library'\''s dependencies\n'
 passed
 
 step "release build" "release build"

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::proto::message::{Message, OwnedMessage};
-use crate::Sender;
+use crate::{Publisher, Sender};
 
 impl<'a> Message<'a> {
     /// Parses a text or binary message as JSON into `T`, which may borrow from the message
@@ -52,6 +52,24 @@ impl Sender {
         let text = serde_json::to_string(value)?;
         self.send_text(&text).await
     }
+
+    /// Serializes `value` as JSON once and publishes it as a text message to every other
+    /// subscriber of `topic` (as [`Sender::publish`]).
+    pub fn publish_json<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
+        self.publish(topic, json_text(value)?)
+    }
+}
+
+impl Publisher {
+    /// Serializes `value` as JSON once and publishes it as a text message to every subscriber
+    /// of `topic` (as [`Publisher::publish`]).
+    pub fn publish_json<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
+        self.publish(topic, json_text(value)?)
+    }
+}
+
+fn json_text<T: Serialize + ?Sized>(value: &T) -> Result<OwnedMessage> {
+    Ok(OwnedMessage::Text(serde_json::to_vec(value)?.into()))
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod broker;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;

@@ -5,68 +5,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::topics::*;
 use common::*;
 use uringws::client::{self, Connector};
-use uringws::{CloseCode, Error, OwnedMessage, Server, SlowSubscriber};
-
-/// A server whose connections take commands as text: `sub T`, `unsub T`, `pub T TEXT`
-/// (to the others) and `all T TEXT` (through the publisher: to everyone, itself included).
-/// Each command is answered with `ok` (the publish itself is not echoed).
-fn command_server(server: Server) -> Option<uringws::RunningServer> {
-    start_with(server, |ws: uringws::WebSocket| async move {
-        let (mut rx, tx) = ws.split();
-        let thread = std::thread::current().name().unwrap_or("").to_owned();
-        while let Some(msg) = rx.recv_owned().await? {
-            let OwnedMessage::Text(t) = msg else { continue };
-            let line = std::str::from_utf8(&t).unwrap().to_owned();
-            let mut parts = line.splitn(3, ' ');
-            let (cmd, topic, rest) = (parts.next(), parts.next().unwrap_or(""), parts.next());
-            match (cmd, rest) {
-                (Some("sub"), _) => {
-                    tx.subscribe(topic)?;
-                }
-                (Some("unsub"), _) => {
-                    tx.unsubscribe(topic);
-                }
-                (Some("pub"), Some(text)) => {
-                    tx.publish(topic, OwnedMessage::Text(text.to_owned().into()))?
-                }
-                (Some("all"), Some(text)) => tx
-                    .publisher()
-                    .unwrap()
-                    .publish(topic, OwnedMessage::Text(text.to_owned().into()))?,
-                _ => {}
-            }
-            tx.send_text(&format!("ok {thread}")).await?;
-        }
-        Ok(())
-    })
-}
-
-type Conn = (uringws::Receiver, uringws::Sender);
-
-async fn command(c: &mut Conn, line: &str) -> Result<String, Error> {
-    c.1.send_text(line).await?;
-    match c.0.recv_owned().await?.expect("an answer") {
-        OwnedMessage::Text(t) if t.starts_with(b"ok") => {
-            Ok(String::from_utf8(t[3..].to_vec()).unwrap())
-        }
-        other => panic!("unexpected {other:?} before the ok of {line:?}"),
-    }
-}
-
-async fn next_text(c: &mut Conn) -> String {
-    match tokio::time::timeout(Duration::from_secs(10), c.0.recv_owned()).await {
-        Ok(Ok(Some(OwnedMessage::Text(t)))) => String::from_utf8(t.to_vec()).unwrap(),
-        other => panic!("expected a text message, got {other:?}"),
-    }
-}
-
-async fn nothing_within(c: &mut Conn, ms: u64) -> bool {
-    tokio::time::timeout(Duration::from_millis(ms), c.0.recv_owned())
-        .await
-        .is_err()
-}
+use uringws::{CloseCode, Error, OwnedMessage, SlowSubscriber};
 
 #[test]
 fn subscribe_publish_unsubscribe_on_one_thread() {
@@ -220,4 +162,97 @@ fn a_slow_subscriber_gets_the_policy_and_the_others_everything() {
         }
         server.shutdown().unwrap();
     }
+}
+
+const SUBSCRIBERS: usize = 10_000;
+const BROADCASTS: usize = 100;
+
+#[test]
+fn ten_thousand_subscribers_on_two_threads_each_receive_all_of_100_broadcasts() {
+    let server = local(2).max_connections(SUBSCRIBERS + 10);
+    let Some(server) = start_with(server, |ws: uringws::WebSocket| async move {
+        let (mut rx, tx) = ws.split();
+        tx.subscribe("ticker")?;
+        tx.send_text("subscribed").await?;
+        while rx.recv().await?.is_some() {}
+        Ok(())
+    }) else {
+        return;
+    };
+    // The subscribers live in a child process (this test binary, running the ignored test
+    // below), so that each side needs only its own 10,000 descriptors.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "subscribers_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("UWS_SUBSCRIBE_TO", server.local_addr().to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    // libtest may print the test's name on the same line first.
+    while !line.contains("SUBSCRIBERS READY") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "the subscribers' process ended before it was ready");
+    }
+    // Every subscriber is subscribed before the first broadcast; they are spread over both
+    // threads (round robin), so the broadcasts cross threads.
+    let publisher = server.publisher();
+    for i in 0..BROADCASTS {
+        let text = format!("tick {i:03}");
+        publisher
+            .publish("ticker", OwnedMessage::Text(text.into()))
+            .unwrap();
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "subscribers' process: {status}\n{rest}");
+    assert!(
+        rest.contains(&format!("received {}", SUBSCRIBERS * BROADCASTS)),
+        "{rest}"
+    );
+    assert_eq!(publisher.dropped(), 0);
+    server.shutdown().unwrap();
+}
+
+/// The subscribers of the test above, in their own process: connects them, says READY, then
+/// checks that each receives every broadcast, in order.
+#[test]
+#[ignore = "run by ten_thousand_subscribers_on_two_threads_each_receive_all_of_100_broadcasts"]
+fn subscribers_process() {
+    let addr: std::net::SocketAddr = std::env::var("UWS_SUBSCRIBE_TO")
+        .expect("run by the ten_thousand_subscribers test")
+        .parse()
+        .unwrap();
+    let mut clients: Vec<Client> = (0..SUBSCRIBERS)
+        .map(|_| {
+            let mut c = Client::connect(addr);
+            assert_eq!(c.read_frame().unwrap().payload, b"subscribed");
+            c
+        })
+        .collect();
+    println!("\nSUBSCRIBERS READY");
+    let mut received = 0;
+    for (n, c) in clients.iter_mut().enumerate() {
+        for i in 0..BROADCASTS {
+            let f = c
+                .read_frame()
+                .unwrap_or_else(|| panic!("subscriber {n} lost broadcast {i}"));
+            assert_eq!(f.opcode, 1, "subscriber {n}");
+            assert_eq!(
+                f.payload,
+                format!("tick {i:03}").as_bytes(),
+                "subscriber {n}"
+            );
+            received += 1;
+        }
+    }
+    println!("received {received}");
 }

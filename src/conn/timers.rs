@@ -162,7 +162,7 @@ pub(super) fn schedule(conn: &Conn, at: Instant) {
         if !timers.running.get() {
             timers.running.set(true);
             tokio::task::spawn_local(run(timers.clone()));
-        } else if timers.sleeping_until.get().map_or(true, |s| at < s) {
+        } else if timers.sleeping_until.get().is_none_or(|s| at < s) {
             timers.wake.notify_one();
         }
     });

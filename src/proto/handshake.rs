@@ -301,10 +301,12 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// Appends an HTTP/1.1 response with a text body to `out`: status line, `Content-Type`,
-/// `Content-Length`, `Connection: keep-alive` or `close`, the `extra` headers, the body.
+/// Appends an HTTP/1.1 response to `out`: status line, `Content-Type` (plain UTF-8 text unless
+/// `extra` names one), `Content-Length`, `Connection: keep-alive` or `close`, the `extra`
+/// headers, the body.
 ///
-/// `extra` comes from this crate or is checked with [`check_headers`] by the caller.
+/// `extra` comes from this crate or is checked with [`check_headers`] by the caller, and names
+/// neither `Content-Length` nor `Connection` (which this writes).
 pub fn write_response(
     status: u16,
     extra: &[(&str, &str)],
@@ -316,11 +318,17 @@ pub fn write_response(
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {}\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
         reason_phrase(status),
         body.len(),
         if keep_alive { "keep-alive" } else { "close" },
     );
+    if !extra
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+    {
+        out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
+    }
     for (name, value) in extra {
         let _ = write!(out, "{name}: {value}\r\n");
     }

@@ -281,8 +281,8 @@ impl Config {
 pub struct HttpResponse {
     /// The status code.
     pub status: u16,
-    /// Extra headers (`Content-Type`, `Content-Length` and `Connection` are written by the
-    /// server).
+    /// Extra headers. `Content-Length` and `Connection` are written by the server;
+    /// `Content-Type` is `text/plain; charset=utf-8` unless one is given here.
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
@@ -298,9 +298,28 @@ impl HttpResponse {
         }
     }
 
+    /// A response with `body` of type `content_type` (e.g. `text/html; charset=utf-8`).
+    pub fn with_type(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        HttpResponse {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+        .header("Content-Type", content_type)
+    }
+
     /// Adds a header. Names must be tokens and values free of control characters; invalid
-    /// ones are dropped.
+    /// ones are dropped, and so are `Content-Length`, `Transfer-Encoding` and `Connection`,
+    /// which the server writes itself. A `Content-Type` replaces the default.
     pub fn header(mut self, name: &str, value: &str) -> Self {
+        const OWN: [&str; 3] = ["content-length", "transfer-encoding", "connection"];
+        if OWN.iter().any(|own| name.eq_ignore_ascii_case(own)) {
+            return self;
+        }
+        if name.eq_ignore_ascii_case("content-type") {
+            self.headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
+        }
         if crate::proto::handshake::check_headers(&[(name, value)]).is_ok() {
             self.headers.push((name.to_owned(), value.to_owned()));
         }
@@ -340,6 +359,7 @@ pub struct Server {
     config: Config,
     http: Option<Arc<HttpFn>>,
     check: Option<Arc<CheckFn>>,
+    broker: Option<Arc<dyn crate::broker::Broker>>,
 }
 
 impl Server {
@@ -366,6 +386,7 @@ impl Server {
             config: Config::default(),
             http: None,
             check: None,
+            broker: None,
         })
     }
 
@@ -473,6 +494,13 @@ impl Server {
         self
     }
 
+    /// Carries the topics to and from other server processes through `broker` (for instance
+    /// a [`crate::broker::RedisBroker`]): see [`crate::broker`].
+    pub fn broker(mut self, broker: Arc<dyn crate::broker::Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
     /// Answers plain HTTP requests (no upgrade) with `f`, e.g. a health check or a page.
     /// Without it they get 426 Upgrade Required.
     pub fn http<F>(mut self, f: F) -> Self
@@ -560,7 +588,11 @@ impl Server {
             next_thread: AtomicUsize::new(0),
             handoffs,
         });
-        let (hub, mut queues) = topics::Hub::new(config.threads, config.slow_subscriber);
+        let (hub, mut queues) =
+            topics::Hub::new(config.threads, config.slow_subscriber, self.broker.clone());
+        if let Some(broker) = &self.broker {
+            broker.start(Publisher::new(hub.clone()));
+        }
         let mut threads = Vec::new();
         for i in 0..config.threads {
             let (ready_tx, ready_rx) = mpsc::channel();
@@ -588,10 +620,12 @@ impl Server {
                     for t in threads {
                         let _ = t.join();
                     }
+                    stop_broker(&hub);
                     return Err(e);
                 }
                 Err(_) => {
                     let _ = shared.stop.send(true);
+                    stop_broker(&hub);
                     return Err(Error::Config("a server thread died at start".into()));
                 }
             }
@@ -649,11 +683,15 @@ impl RunningServer {
         self.shared.open.load(Ordering::Relaxed)
     }
 
-    /// Waits for every thread to finish (after a shutdown).
+    /// Waits for every thread to finish (after a shutdown), then stops the broker.
     pub fn join(self) -> Result<()> {
+        let mut panicked = false;
         for t in self.threads {
-            t.join()
-                .map_err(|_| Error::Config("a server thread panicked".into()))?;
+            panicked |= t.join().is_err();
+        }
+        stop_broker(&self.hub);
+        if panicked {
+            return Err(Error::Config("a server thread panicked".into()));
         }
         Ok(())
     }
@@ -685,6 +723,12 @@ impl RunningServer {
         });
         drop(rt);
         self.join()
+    }
+}
+
+fn stop_broker(hub: &topics::Hub) {
+    if let Some(broker) = hub.broker() {
+        broker.stop();
     }
 }
 

@@ -8,16 +8,22 @@
 //! messages a subscriber gets in one loop turn leave in one write, as replies do. A subscriber
 //! whose send queue is over its limit gets the server's [`SlowSubscriber`] policy instead;
 //! publishing never waits for it. Closing a connection unsubscribes it.
+//!
+//! With a [`Broker`], the hub also counts, per topic, the threads that have subscribers: the
+//! broker hears of a topic's first subscriber in the process and of its last one, and of every
+//! publish made here; what it brings from other processes is delivered with
+//! [`Publisher::publish_local`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::broker::Broker;
 use crate::conn::{Conn, Offered, Phase};
 use crate::error::{Error, Result};
 use crate::proto::close::CloseCode;
@@ -50,6 +56,10 @@ pub(crate) struct Hub {
     queues: Vec<mpsc::UnboundedSender<Delivery>>,
     dropped: AtomicU64,
     policy: SlowSubscriber,
+    broker: Option<Arc<dyn Broker>>,
+    /// With a broker: per topic, the threads that have subscribers of it. Locked only when a
+    /// thread gains its first subscriber of a topic or loses its last.
+    interest: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 impl Hub {
@@ -57,17 +67,59 @@ impl Hub {
     pub(crate) fn new(
         threads: usize,
         policy: SlowSubscriber,
+        broker: Option<Arc<dyn Broker>>,
     ) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<Delivery>>) {
         let (queues, receivers) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
         let hub = Hub {
             queues,
             dropped: AtomicU64::new(0),
             policy,
+            broker,
+            interest: Mutex::default(),
         };
         (Arc::new(hub), receivers)
     }
 
+    /// The broker, if the server has one.
+    pub(crate) fn broker(&self) -> Option<&Arc<dyn Broker>> {
+        self.broker.as_ref()
+    }
+
+    /// A thread gained its first subscriber of `topic` (`+1`) or lost its last (`-1`).
+    fn interest(&self, topic: &Arc<str>, gained: bool) {
+        let Some(broker) = &self.broker else { return };
+        let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        // The broker is told under the lock, so that it hears the changes in their order.
+        if gained {
+            let n = interest.entry(topic.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                broker.subscribe(topic);
+            }
+        } else if let Some(n) = interest.get_mut(topic) {
+            *n -= 1;
+            if *n == 0 {
+                interest.remove(topic);
+                broker.unsubscribe(topic);
+            }
+        }
+    }
+
     fn publish(
+        &self,
+        topic: &str,
+        message: OwnedMessage,
+        exclude: Option<(usize, usize)>,
+    ) -> Result<()> {
+        let to_broker = self.broker.as_ref().map(|b| (b, message.clone()));
+        self.publish_local(topic, message, exclude)?;
+        if let Some((broker, message)) = to_broker {
+            broker.publish(topic, &message);
+        }
+        Ok(())
+    }
+
+    fn publish_local(
         &self,
         topic: &str,
         message: OwnedMessage,
@@ -128,6 +180,13 @@ impl Publisher {
     /// ([`Error::InvalidText`]).
     pub fn publish(&self, topic: &str, message: OwnedMessage) -> Result<()> {
         self.hub.publish(topic, message, None)
+    }
+
+    /// Delivers `message` to the subscribers of `topic` in this process only, without
+    /// passing it to the server's [`Broker`]: what a broker calls with a message from another
+    /// process. Without a broker it is [`Publisher::publish`].
+    pub fn publish_local(&self, topic: &str, message: OwnedMessage) -> Result<()> {
+        self.hub.publish_local(topic, message, None)
     }
 
     /// Messages dropped so far for subscribers whose send queue was full
@@ -227,6 +286,7 @@ impl ThreadTopics {
                 m.remove(&k);
                 if m.is_empty() {
                     subs.remove(&t);
+                    self.hub.interest(&t, false);
                 }
             }
         }
@@ -244,7 +304,11 @@ pub(crate) fn subscribe(conn: &Rc<Conn>, topic: &str) -> Result<bool> {
     let mut subs = t.subs.borrow_mut();
     let topic: Arc<str> = match subs.get_key_value(topic) {
         Some((name, _)) => name.clone(),
-        None => topic.into(),
+        None => {
+            let name: Arc<str> = topic.into();
+            t.hub.interest(&name, true);
+            name
+        }
     };
     let added = subs
         .entry(topic.clone())
@@ -269,7 +333,9 @@ pub(crate) fn unsubscribe(conn: &Rc<Conn>, topic: &str) -> bool {
         return false;
     }
     if m.is_empty() {
-        subs.remove(topic);
+        if let Some((name, _)) = subs.remove_entry(topic) {
+            t.hub.interest(&name, false);
+        }
     }
     if let Some(list) = t.by_conn.borrow_mut().get_mut(&k) {
         list.retain(|x| &**x != topic);

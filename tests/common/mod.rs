@@ -2,6 +2,8 @@
 //! plain blocking client that writes exactly the bytes a test asks for.
 #![allow(dead_code)]
 
+pub mod topics;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
