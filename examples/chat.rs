@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use uringws::broker::RedisBroker;
+use uringws::pubsub::RedisBroker;
 use uringws::{HttpResponse, Message, Publisher, Sender, Server, WebSocket};
 
 const PAGE: &str = include_str!("chat.html");

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Real-browser test: Debian's Chromium, driven by playwright-core, talks to the hello_server
-# example (an echo server) with the browser's own WebSocket. See tests/browser/browser_test.mjs.
+# Real-browser tests: Debian's Chromium, driven by playwright-core, talks to the hello_server
+# example (an echo server) with the browser's own WebSocket (tests/browser/browser_test.mjs);
+# then two chat pages on two `uringws chat` processes that share one Redis (Debian's
+# redis-server, installed when missing), with Redis stopped for 5 s in the middle
+# (tests/browser/chat_test.mjs, which saves a screenshot to target/browser/chat.png).
 #
 # Usage: scripts/browser.sh
 #
@@ -8,7 +11,8 @@
 # /usr/bin/chromium is missing (as root). Playwright never downloads a browser here.
 #
 # Environment:
-#   UWS_NO_BUILD=1     do not run cargo build (target/release/examples/hello_server must exist)
+#   UWS_NO_BUILD=1     do not run cargo build (target/release/examples/hello_server and
+#                      target/release/uringws must exist)
 #   CARGO_TARGET_DIR   honoured as by cargo (relative to the repository root)
 set -euo pipefail
 
@@ -19,6 +23,7 @@ CHROMIUM=/usr/bin/chromium
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 [[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$REPO_ROOT/$TARGET_DIR"
 SERVER_BIN="$TARGET_DIR/release/examples/hello_server"
+UWS_BIN="$TARGET_DIR/release/uringws"
 
 log() { printf '[browser] %s\n' "$*" >&2; }
 die() { printf '[browser] error: %s\n' "$*" >&2; exit 1; }
@@ -70,10 +75,17 @@ fi
 
 # --- 3. Server -------------------------------------------------------------------------------
 if [[ "${UWS_NO_BUILD:-0}" != 1 ]]; then
-    log "cargo build --release --locked --example hello_server"
-    (cd "$REPO_ROOT" && cargo build --release --locked --example hello_server)
+    log "cargo build --release --locked --example hello_server --bin uringws"
+    (cd "$REPO_ROOT" && cargo build --release --locked --example hello_server --bin uringws)
 fi
 [[ -x "$SERVER_BIN" ]] || die "$SERVER_BIN is missing (build it, or unset UWS_NO_BUILD)"
+[[ -x "$UWS_BIN" ]] || die "$UWS_BIN is missing (build it, or unset UWS_NO_BUILD)"
+if ! command -v redis-server >/dev/null; then
+    [[ "$(id -u)" -eq 0 ]] || die "redis-server is missing and installing it needs root (apt-get install redis-server)"
+    log "installing Debian's redis-server"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server \
+        || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
+fi
 
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 ADDR="127.0.0.1:$PORT"
@@ -125,4 +137,10 @@ if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     log "hello_server is no longer running after the browser test"
     [[ $status -ne 0 ]] || status=1
 fi
+[[ $status -eq 0 ]] || exit "$status"
+
+# --- 5. Chat across two processes and one Redis ----------------------------------------------
+mkdir -p "$TARGET_DIR/browser"
+timeout 180 node "$TEST_DIR/chat_test.mjs" "$UWS_BIN" "$TARGET_DIR/browser/chat.png" || status=$?
+[[ $status -ne 124 ]] || log "chat test timed out after 180 s"
 exit "$status"

@@ -7,7 +7,7 @@
 #   3. the release build of the binary and the examples;
 #   4. Autobahn|Testsuite against the server (fuzzingclient) and the client (fuzzingserver);
 #   5. the hello-world client against the hello-world server, its output checked;
-#   6. the real-browser test in headless Chromium;
+#   6. the real-browser tests in headless Chromium (echo; the chat on two processes and Redis);
 #   7. the container image built from the Dockerfile and checked under podman.
 # Each step installs what it needs on a fresh Debian machine. The first failure stops the run.
 # The last line is a summary of every step: ok, FAILED or not run.

@@ -29,7 +29,6 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod broker;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;
@@ -39,6 +38,7 @@ mod error;
 #[cfg(feature = "json")]
 mod json;
 pub mod proto;
+pub mod pubsub;
 pub mod server;
 mod uring;
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::topics::*;
 use common::*;
-use uringws::broker::{Broker, BrokerStats, RedisBroker};
+use uringws::pubsub::{Broker, BrokerStats, RedisBroker};
 use uringws::client::{self, Connector};
 use uringws::{Error, OwnedMessage, Publisher};
 

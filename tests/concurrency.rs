@@ -81,7 +81,7 @@ async fn one_client(addr: SocketAddr, conn: usize) {
                 &payload(conn, i),
             );
         }
-        if conn % 50 == 0 {
+        if conn.is_multiple_of(50) {
             // Dribble this batch in 7-byte writes.
             for piece in out.chunks(7) {
                 s.write_all(piece).await.unwrap();

@@ -177,24 +177,24 @@ impl Sender {
     /// already was. Closing the connection unsubscribes it. An error on a client's
     /// connection: topics are a server's.
     pub fn subscribe(&self, topic: &str) -> Result<bool> {
-        crate::server::topics::subscribe(&self.conn, topic)
+        crate::pubsub::topics::subscribe(&self.conn, topic)
     }
 
     /// Unsubscribes this connection from `topic`; `false` when it was not subscribed.
     pub fn unsubscribe(&self, topic: &str) -> bool {
-        crate::server::topics::unsubscribe(&self.conn, topic)
+        crate::pubsub::topics::unsubscribe(&self.conn, topic)
     }
 
     /// Publishes `message` to every subscriber of `topic` on every thread of the server,
     /// except this connection (use [`Sender::publisher`] to include it). Returns at once; see
     /// [`crate::Publisher::publish`].
     pub fn publish(&self, topic: &str, message: OwnedMessage) -> Result<()> {
-        crate::server::topics::publish_from(&self.conn, topic, message)
+        crate::pubsub::topics::publish_from(&self.conn, topic, message)
     }
 
     /// The server's [`crate::Publisher`] (`None` on a client's connection).
     pub fn publisher(&self) -> Option<crate::Publisher> {
-        crate::server::topics::publisher()
+        crate::pubsub::topics::publisher()
     }
 
     pub(super) fn control(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {

@@ -16,7 +16,6 @@
 //! ```
 
 mod conn;
-pub(crate) mod topics;
 
 pub use crate::conn::{ConnectionInfo, Receiver, Sender, WebSocket};
 pub use crate::proto::handshake::{Header, Request, UpgradeRequest};
@@ -37,7 +36,8 @@ use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
 pub use crate::proto::deflate::Compression;
 use crate::proto::message::{DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
-pub use topics::{Publisher, SlowSubscriber};
+pub use crate::pubsub::{Publisher, SlowSubscriber};
+use crate::pubsub::topics;
 
 use crate::conn::buffers::BufferPool;
 use crate::conn::{Conn, Phase};
@@ -359,7 +359,7 @@ pub struct Server {
     config: Config,
     http: Option<Arc<HttpFn>>,
     check: Option<Arc<CheckFn>>,
-    broker: Option<Arc<dyn crate::broker::Broker>>,
+    broker: Option<Arc<dyn crate::pubsub::Broker>>,
 }
 
 impl Server {
@@ -495,8 +495,8 @@ impl Server {
     }
 
     /// Carries the topics to and from other server processes through `broker` (for instance
-    /// a [`crate::broker::RedisBroker`]): see [`crate::broker`].
-    pub fn broker(mut self, broker: Arc<dyn crate::broker::Broker>) -> Self {
+    /// a [`crate::pubsub::RedisBroker`]): see [`crate::pubsub`].
+    pub fn broker(mut self, broker: Arc<dyn crate::pubsub::Broker>) -> Self {
         self.broker = Some(broker);
         self
     }

@@ -1,6 +1,4 @@
-//! Brokers: carry topic publishes between server processes through an existing message bus
-//! (Redis pub/sub today), so that a publish on one process reaches the subscribers of every
-//! process.
+//! The broker trait: what the server tells a message bus shared by several processes.
 //!
 //! The server keeps the bus out of its hot path: it tells the broker when this process gains
 //! its first subscriber of a topic and when it loses the last one (counted over all its
@@ -8,12 +6,6 @@
 //! bus delivers through [`Publisher::publish_local`], which does not go back to the bus. A
 //! process therefore delivers its own publishes once, and subscribes on the bus to exactly the
 //! topics its connections need.
-
-#[cfg(feature = "redis")]
-mod redis;
-
-#[cfg(feature = "redis")]
-pub use self::redis::{BrokerStats, RedisBroker};
 
 use crate::proto::message::OwnedMessage;
 use crate::Publisher;

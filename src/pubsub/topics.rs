@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::broker::Broker;
+use super::Broker;
 use crate::conn::{Conn, Offered, Phase};
 use crate::error::{Error, Result};
 use crate::proto::close::CloseCode;
