@@ -36,8 +36,8 @@ use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
 pub use crate::proto::deflate::Compression;
 use crate::proto::message::{DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE};
-pub use crate::pubsub::{Publisher, SlowSubscriber};
 use crate::pubsub::topics;
+pub use crate::pubsub::{Publisher, SlowSubscriber};
 
 use crate::conn::buffers::BufferPool;
 use crate::conn::{Conn, Phase};
