@@ -25,7 +25,33 @@ enum Command {
     /// Run a load generator against an echo server (`ws://` only): C connections with K
     /// messages in flight each, every echo checked; reports throughput and latency.
     Load(load::LoadArgs),
+    /// Run a publish/subscribe relay: a connection to `/NAME` subscribes to topic NAME, and
+    /// every message it sends goes to every other subscriber of NAME. `GET /healthz` answers
+    /// 200. SIGINT/SIGTERM close every connection with 1001 and exit 0.
+    Broadcast(uringws::cli::broadcast::BroadcastArgs),
+    /// Run the chat example: the page at `GET /`, the WebSocket at `/chat`, rooms as topics,
+    /// JSON messages; with `--broker redis://HOST:PORT`, processes sharing that Redis are one
+    /// chat (`GET /stats` shows the broker's counters).
+    Chat(ChatArgs),
 }
+
+#[derive(clap::Args)]
+struct ChatArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    addr: String,
+    /// Runtime threads (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Redis to share the rooms through, `redis://HOST[:PORT]`.
+    #[arg(long)]
+    broker: Option<String>,
+}
+
+/// The chat example, the same file `cargo run --example chat` runs.
+#[path = "../examples/chat.rs"]
+#[allow(dead_code)]
+mod chat;
 
 #[derive(clap::Args)]
 struct EchoArgs {
@@ -124,20 +150,7 @@ const FLAGS: &[(&str, &str)] = &[
 
 /// An error of `uringws echo`, with a configuration error named by its flag.
 fn echo_error(e: uringws::Error) -> String {
-    match e {
-        uringws::Error::InvalidConfig {
-            field,
-            value,
-            allowed,
-        } => {
-            let flag = FLAGS
-                .iter()
-                .find(|(f, _)| *f == field)
-                .map_or(field, |f| f.1);
-            format!("invalid {flag} {value}: {allowed}")
-        }
-        e => e.to_string(),
-    }
+    uringws::cli::flag_error(e, FLAGS)
 }
 
 fn main() -> ExitCode {
@@ -153,6 +166,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Echo(args) => echo(args).map_err(echo_error),
         Command::Load(args) => load::run(args),
+        Command::Broadcast(args) => uringws::cli::broadcast::run(args),
+        Command::Chat(args) => chat::run(chat::Options {
+            addr: args.addr,
+            threads: args.threads,
+            broker: args.broker,
+        })
+        .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,12 @@
 //! the echoes still in flight, and the closing handshake. Every wait is bounded; a connection
 //! that stalls is shut down (`shutdown(2)`, which completes its pending reads and writes)
 //! rather than having an in-flight io_uring operation dropped.
+//!
+//! `--fanout` measures a publish/subscribe server (`uringws broadcast`) instead: the
+//! connections are subscribers that only read, and one more connection, the publisher, sends
+//! numbered text messages with at most `--pipeline` of them not yet received by every
+//! subscriber. Every subscriber checks each delivery (size, content, and that its sequence
+//! number follows the last one); the report counts deliveries. See [`Fanout`].
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -32,7 +38,7 @@ use crate::proto::frame::{
 use crate::proto::handshake::{check_response, client_key, write_client_request, HeadScanner};
 use crate::proto::mask::apply_mask;
 use crate::uring::{RingConfig, Runtime, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 /// How long a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -42,12 +48,31 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait for the server's close frame after ours (and for our last write).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Fan-out: what each subscriber of a thread adds to the close timeout. Thousands of
+/// subscribers close at the same moment, and a server thread takes tens of microseconds per
+/// closing handshake.
+const CLOSE_PER_SUBSCRIBER: Duration = Duration::from_micros(200);
 /// The largest response head accepted in the handshake.
 const MAX_RESPONSE_HEAD: usize = 8192;
 /// The smallest read buffer per connection.
 const MIN_READ_BUFFER: usize = 16 << 10;
 /// The largest message size accepted on the command line.
 const MAX_SIZE: usize = 64 << 20;
+/// Fan-out: subscribers of one thread that may be connecting at once. Thousands of
+/// simultaneous connects would overflow a listen backlog (a dropped SYN is retried only after
+/// a second); and a uringws server's multishot accept ends when 8 accepted connections queue
+/// up before its accept loop runs (its driver stops a multishot operation there), after which
+/// the loop logs "accept failed" and backs off 50 ms: a few at a time is faster than a storm.
+const FANOUT_CONNECTING: usize = 6;
+/// Fan-out: the hexadecimal digits of the sequence number that opens every payload.
+const SEQ_DIGITS: usize = 16;
+/// Fan-out: how long the publisher waits for the oldest message in flight to reach every
+/// subscriber before it gives up (an error).
+const STALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Fan-out: how often a join message is published while some subscribers have had none.
+const JOIN_INTERVAL: Duration = Duration::from_millis(20);
+/// Fan-out: how often the publisher looks at the subscribers' progress while they join.
+const JOIN_POLL: Duration = Duration::from_millis(2);
 
 /// Arguments of `uringws load`.
 #[derive(clap::Args, Debug)]
@@ -87,6 +112,14 @@ pub struct LoadArgs {
     /// which any agreement allows) and every echo is inflated and checked.
     #[arg(long, default_value = "off")]
     pub compression: crate::proto::deflate::Compression,
+    /// Fan-out mode, against a publish/subscribe server such as `uringws broadcast`: the
+    /// connections only read (subscribers of the URL's path), and one more connection
+    /// publishes --size-byte text messages (at least 16 bytes: a sequence number opens each),
+    /// at most --pipeline of them not yet received by every subscriber. `messages` counts
+    /// deliveries (a message received by one subscriber) and latency runs from publish to
+    /// delivery.
+    #[arg(long)]
+    pub fanout: bool,
 }
 
 /// Runs the load generator and prints its report. Fails, with a message naming the value and
@@ -99,10 +132,15 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
     let start = Instant::now();
     let measure_start = start + Duration::from_secs_f64(args.warmup);
     let measure_end = measure_start + Duration::from_secs_f64(args.duration);
+    let close_timeout = match args.fanout {
+        false => CLOSE_TIMEOUT,
+        true => CLOSE_TIMEOUT + CLOSE_PER_SUBSCRIBER * args.connections.div_ceil(threads) as u32,
+    };
     let sched = Schedule {
         measure_start,
         measure_end,
-        hard_end: measure_end + DRAIN_TIMEOUT + CLOSE_TIMEOUT + Duration::from_millis(500),
+        hard_end: measure_end + DRAIN_TIMEOUT + close_timeout + Duration::from_millis(500),
+        close_timeout,
     };
     let plan = Arc::new(Plan::new(&args, target, sched));
     let shared = Arc::new(Shared::default());
@@ -113,7 +151,7 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
         let (plan, shared) = (plan.clone(), shared.clone());
         let handle = std::thread::Builder::new()
             .name(format!("uringws-load-{i}"))
-            .spawn(move || thread_main(plan, shared, conns))
+            .spawn(move || thread_main(plan, shared, conns, i == 0))
             .map_err(|e| format!("cannot start a load thread: {e}"))?;
         handles.push(handle);
     }
@@ -175,6 +213,25 @@ fn check_args(args: &LoadArgs) -> Result<(), String> {
     }
     if !(args.warmup.is_finite() && (0.0..=1e6).contains(&args.warmup)) {
         return bad("--warmup", &args.warmup, "it must be 0 to 1000000 seconds");
+    }
+    if args.fanout {
+        if args.size < SEQ_DIGITS {
+            return bad(
+                "--size",
+                &args.size,
+                "with --fanout it must be at least 16 (a sequence number opens each message)",
+            );
+        }
+        if args.compression.is_on() {
+            return bad(
+                "--compression",
+                &format_args!("{:?}", args.compression.mode),
+                "--fanout does not offer compression",
+            );
+        }
+        if args.json_payload {
+            return bad("--json-payload", &"", "--fanout sends letters");
+        }
     }
     Ok(())
 }
@@ -249,6 +306,8 @@ struct Schedule {
     measure_end: Instant,
     /// Every connection is shut down by now, whatever the server does.
     hard_end: Instant,
+    /// How long to wait for the server's close frame after ours (and for our last write).
+    close_timeout: Duration,
 }
 
 /// What every connection sends, prepared once.
@@ -272,26 +331,26 @@ struct Plan {
     offer: Option<String>,
     /// What `--compression` asked for.
     compression: Compression,
+    /// The state of a `--fanout` run.
+    fanout: Option<Arc<Fanout>>,
 }
 
 impl Plan {
     /// Builds the payload and the frame template for `args`.
     fn new(args: &LoadArgs, target: Target, sched: Schedule) -> Plan {
         const LETTERS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        let payload: Vec<u8> = if args.text && args.json_payload {
+        // Fan-out always sends text (letters behind the sequence number).
+        let text = args.text || args.fanout;
+        let payload: Vec<u8> = if text && args.json_payload {
             json_like(args.size)
-        } else if args.text {
+        } else if text {
             (0..args.size)
                 .map(|i| LETTERS[(i * 7 + i / 52) % 52])
                 .collect()
         } else {
             noise(args.size)
         };
-        let opcode = if args.text {
-            OpCode::Text
-        } else {
-            OpCode::Binary
-        };
+        let opcode = if text { OpCode::Text } else { OpCode::Binary };
         let key = [0x5a, 0xa5, 0x3c, 0xc3];
         // Compressed on its own (no context), which is valid under any agreement.
         let (rsv, wire) = if args.compression.is_on() {
@@ -334,6 +393,9 @@ impl Plan {
                 .max(2 * (args.size + args.size / 8 + MAX_HEADER_LEN + SLACK)),
             offer,
             compression: args.compression,
+            fanout: args
+                .fanout
+                .then(|| Arc::new(Fanout::new(args.connections, args.pipeline, sched))),
         }
     }
 }
@@ -559,8 +621,14 @@ impl Stats {
     }
 }
 
-/// One thread: its own io_uring runtime running `conns` connections to completion.
-fn thread_main(plan: Arc<Plan>, shared: Arc<Shared>, conns: usize) -> crate::Result<Stats> {
+/// One thread: its own io_uring runtime running `conns` connections to completion (with
+/// `--fanout`, `conns` subscribers, and on the `first` thread the publisher too).
+fn thread_main(
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    conns: usize,
+    first: bool,
+) -> crate::Result<Stats> {
     let rt = Runtime::new(RingConfig {
         entries: 1024,
         buffers: 64,
@@ -569,11 +637,36 @@ fn thread_main(plan: Arc<Plan>, shared: Arc<Shared>, conns: usize) -> crate::Res
     .map_err(|e| crate::error::io_uring_unavailable(&e))?;
     let stats = rt.block_on(async move {
         let stats = Rc::new(RefCell::new(Stats::default()));
-        let tasks: Vec<_> = (0..conns)
-            .map(|_| {
-                tokio::task::spawn_local(connection(plan.clone(), stats.clone(), shared.clone()))
-            })
-            .collect();
+        let tasks: Vec<_> = match &plan.fanout {
+            None => (0..conns)
+                .map(|_| {
+                    tokio::task::spawn_local(connection(
+                        plan.clone(),
+                        stats.clone(),
+                        shared.clone(),
+                    ))
+                })
+                .collect(),
+            Some(fan) => {
+                let gate = Rc::new(Semaphore::new(FANOUT_CONNECTING));
+                let publisher = first.then(|| {
+                    let (plan, fan) = (plan.clone(), fan.clone());
+                    tokio::task::spawn_local(publisher(plan, fan, stats.clone(), shared.clone()))
+                });
+                publisher
+                    .into_iter()
+                    .chain((0..conns).map(|_| {
+                        tokio::task::spawn_local(subscriber(
+                            plan.clone(),
+                            fan.clone(),
+                            stats.clone(),
+                            shared.clone(),
+                            gate.clone(),
+                        ))
+                    }))
+                    .collect()
+            }
+        };
         for task in tasks {
             if task.await.is_err() {
                 stats
@@ -620,6 +713,9 @@ struct State {
     abort: bool,
     /// The first thing that went wrong on the connection.
     error: Option<String>,
+    /// Fan-out subscribers: the sequence number of the last delivery (`None` before the
+    /// first, which makes the subscriber joined).
+    last_seq: Option<u64>,
 }
 
 impl State {
@@ -637,6 +733,7 @@ impl State {
             writer_done: true,
             abort: false,
             error: None,
+            last_seq: None,
         }
     }
 }
@@ -694,8 +791,9 @@ impl Conn {
     }
 }
 
-/// One connection, from connect to close. Its error (if any) is counted in `stats`.
-async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, shared: Arc<Shared>) {
+/// Connects to the target within [`CONNECT_TIMEOUT`] (and the measured window); a failure is
+/// counted in `stats`.
+async fn open(plan: &Plan, stats: &RefCell<Stats>, shared: &Shared) -> Option<TcpStream> {
     let addr = plan.target.addr;
     let deadline = (Instant::now() + CONNECT_TIMEOUT).min(plan.sched.measure_end);
     // A connect dropped at the deadline is cancelled by the driver, which keeps its address
@@ -706,19 +804,49 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, shared: Arc<Shar
         Ok(Err(e)) => {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             stats.borrow_mut().error(format!("connect to {addr}: {e}"));
-            return;
+            return None;
         }
         Err(_) => {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             stats
                 .borrow_mut()
                 .error(format!("connect to {addr}: timed out"));
-            return;
+            return None;
         }
     };
     let _ = stream.set_nodelay(true);
+    Some(stream)
+}
+
+/// The end of a connection whose reader has returned: waits for its writer and controller,
+/// then counts its error (if any) in `stats`.
+async fn wind_up(
+    conn: &Conn,
+    writer_task: Option<tokio::task::JoinHandle<()>>,
+    controller: tokio::task::JoinHandle<()>,
+    stats: &RefCell<Stats>,
+    shared: &Shared,
+) {
+    conn.st.borrow_mut().reader_done = true;
+    conn.progress.notify_waiters();
+    if let Some(task) = writer_task {
+        let _ = task.await;
+    }
+    let _ = controller.await;
+    let error = conn.st.borrow_mut().error.take();
+    if let Some(e) = error {
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        stats.borrow_mut().error(e);
+    }
+}
+
+/// One connection, from connect to close. Its error (if any) is counted in `stats`.
+async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, shared: Arc<Shared>) {
+    let Some(stream) = open(&plan, &stats, &shared).await else {
+        return;
+    };
     let conn = Rc::new(Conn::new(stream, plan.pipeline));
-    let controller = tokio::task::spawn_local(controller(conn.clone(), plan.sched));
+    let controller = tokio::task::spawn_local(controller(conn.clone(), plan.sched, Drain::Echo));
 
     let mut buf = vec![0u8; plan.read_buffer];
     let mut writer_task = None;
@@ -734,7 +862,11 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, shared: Arc<Shar
             stats.borrow_mut().connected += 1;
             shared.open.fetch_add(1, Ordering::Relaxed);
             conn.progress.notify_waiters();
-            writer_task = Some(tokio::task::spawn_local(writer(conn.clone(), plan.clone())));
+            writer_task = Some(tokio::task::spawn_local(writer(
+                conn.clone(),
+                plan.clone(),
+                None,
+            )));
             let inflater = agreed.map(|a| Inflater::new(a.receive));
             let input = Input { buf, start, end };
             reader(&conn, &plan, &stats, &shared, input, inflater).await;
@@ -742,17 +874,7 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<Stats>>, shared: Arc<Shar
         }
         Err(why) => conn.fail(why),
     }
-    conn.st.borrow_mut().reader_done = true;
-    conn.progress.notify_waiters();
-    if let Some(task) = writer_task {
-        let _ = task.await;
-    }
-    let _ = controller.await;
-    let error = conn.st.borrow_mut().error.take();
-    if let Some(e) = error {
-        shared.errors.fetch_add(1, Ordering::Relaxed);
-        stats.borrow_mut().error(e);
-    }
+    wind_up(&conn, writer_task, controller, &stats, &shared).await;
 }
 
 /// Sends the upgrade request and validates the `101`. Returns the bytes after the response
@@ -818,10 +940,18 @@ async fn handshake(
     }
 }
 
+/// What a connection waits for after the measured window, before it closes.
+enum Drain {
+    /// The echoes of the messages in flight.
+    Echo,
+    /// A fan-out subscriber: every message the publisher published.
+    Subscriber(Arc<Fanout>),
+}
+
 /// Drives a connection through the phases of the run and bounds every wait: the handshake,
 /// the measured window, the drain, the closing handshake. It shuts the socket down when the
 /// server does not keep up, which completes any pending read or write.
-async fn controller(conn: Rc<Conn>, sched: Schedule) {
+async fn controller(conn: Rc<Conn>, sched: Schedule, drain: Drain) {
     let handshake_deadline = (Instant::now() + HANDSHAKE_TIMEOUT).min(sched.hard_end);
     if !conn
         .wait_for(handshake_deadline, |st| st.open || st.reader_done)
@@ -836,31 +966,48 @@ async fn controller(conn: Rc<Conn>, sched: Schedule) {
         }
         conn.st.borrow_mut().sending = false;
         let drain_deadline = sched.measure_end + DRAIN_TIMEOUT;
-        if !conn
-            .wait_for(drain_deadline, |st| {
-                st.in_flight.is_empty() || st.reader_done
-            })
-            .await
-        {
-            let missing = conn.st.borrow().in_flight.len();
-            conn.note_error(format!(
-                "{missing} echo(es) still missing {DRAIN_TIMEOUT:?} after the run"
-            ));
+        match &drain {
+            Drain::Echo => {
+                if !conn
+                    .wait_for(drain_deadline, |st| {
+                        st.in_flight.is_empty() || st.reader_done
+                    })
+                    .await
+                {
+                    let missing = conn.st.borrow().in_flight.len();
+                    conn.note_error(format!(
+                        "{missing} echo(es) still missing {DRAIN_TIMEOUT:?} after the run"
+                    ));
+                }
+            }
+            Drain::Subscriber(fan) => {
+                if !fan.wait_drained(&conn, drain_deadline).await {
+                    let why = match fan.final_count() {
+                        None => "the publisher had not finished".to_owned(),
+                        Some(n) => {
+                            let got = conn.st.borrow().last_seq.map_or(0, |l| l + 1);
+                            format!("{} message(s) still missing", n.saturating_sub(got))
+                        }
+                    };
+                    conn.note_error(format!("subscriber: {why} {DRAIN_TIMEOUT:?} after the run"));
+                }
+            }
         }
         if conn.st.borrow().reader_done {
             break 'run;
         }
         conn.st.borrow_mut().close_requested = true;
         conn.wake_writer.notify_one();
-        let close_deadline = (Instant::now() + CLOSE_TIMEOUT).min(sched.hard_end);
+        let close_deadline = (Instant::now() + sched.close_timeout).min(sched.hard_end);
         if !conn.wait_for(close_deadline, |st| st.reader_done).await {
             conn.fail(format!(
-                "no close frame from the server within {CLOSE_TIMEOUT:?}"
+                "no close frame from the server within {:?}",
+                sched.close_timeout
             ));
         }
     }
     // The reader is done; give the writer (e.g. our answer to the server's close) a moment.
-    let deadline = (Instant::now() + CLOSE_TIMEOUT).min(sched.hard_end);
+    let deadline = (Instant::now() + sched.close_timeout).min(sched.hard_end);
     if !conn.wait_for(deadline, |st| st.writer_done).await {
         conn.abort();
     }
@@ -890,13 +1037,10 @@ impl KeyGen {
 /// The writer task: one write in flight, everything pending coalesced into one reused buffer.
 /// Each data frame is re-keyed in place: its payload is XORed with `old ^ new` and the new key
 /// written into the header.
-async fn writer(conn: Rc<Conn>, plan: Arc<Plan>) {
-    let mut framer = Framer {
-        frame: plan.frame.clone(),
-        key_at: plan.key_at,
-        key: plan.key,
-        keys: KeyGen::new(),
-    };
+///
+/// With `stamp` (the fan-out publisher) each data frame gets the next sequence number.
+async fn writer(conn: Rc<Conn>, plan: Arc<Plan>, stamp: Option<Arc<Fanout>>) {
+    let mut framer = Framer::new(&plan, stamp);
     let mut out: Vec<u8> = Vec::with_capacity(plan.pipeline.min(64) * plan.frame.len());
     loop {
         out.clear();
@@ -945,14 +1089,42 @@ enum Batch {
 struct Framer {
     /// Header and payload, masked with `key`.
     frame: Vec<u8>,
-    /// Where the 4 key bytes sit in `frame`.
+    /// Where the 4 key bytes sit in `frame` (the payload follows them).
     key_at: usize,
     /// The key `frame` is masked with now.
     key: [u8; 4],
     keys: KeyGen,
+    /// The fan-out publisher's run: each data frame is numbered (the first [`SEQ_DIGITS`]
+    /// payload bytes) and its send time recorded there, instead of in `in_flight`.
+    stamp: Option<Arc<Fanout>>,
 }
 
 impl Framer {
+    /// The framer of `plan`'s frame, with fresh keys.
+    fn new(plan: &Plan, stamp: Option<Arc<Fanout>>) -> Framer {
+        Framer {
+            frame: plan.frame.clone(),
+            key_at: plan.key_at,
+            key: plan.key,
+            keys: KeyGen::new(),
+            stamp,
+        }
+    }
+
+    /// Re-keys the frame for its next send and numbers it or records its send time.
+    fn next_frame(&mut self, st: &mut State, now: Instant) {
+        self.rekey();
+        let Some(fan) = &self.stamp else {
+            st.in_flight.push_back(now);
+            return;
+        };
+        let digits = seq_digits(fan.stamp(now));
+        let at = self.key_at + 4;
+        for (i, d) in digits.iter().enumerate() {
+            self.frame[at + i] = d ^ self.key[i % 4];
+        }
+    }
+
     /// Appends everything pending to `out`: pongs, the data frames asked for (recording their
     /// send time), then the close frame if one was requested. A lone data frame is not
     /// appended: `Batch::Frame` says to write `self.frame` itself.
@@ -966,16 +1138,14 @@ impl Framer {
         }
         let n = std::mem::take(&mut st.to_send);
         if n == 1 && out.is_empty() && !st.close_requested {
-            self.rekey();
-            st.in_flight.push_back(Instant::now());
+            self.next_frame(st, Instant::now());
             return Batch::Frame;
         }
         if n > 0 {
             let now = Instant::now();
             for _ in 0..n {
-                self.rekey();
+                self.next_frame(st, now);
                 out.extend_from_slice(&self.frame);
-                st.in_flight.push_back(now);
             }
         }
         if st.close_requested {
@@ -1127,24 +1297,7 @@ async fn reader(
                     }
                     OpCode::Pong => {}
                     OpCode::Close => {
-                        if !st.close_requested {
-                            let code = match parse_close_payload(payload) {
-                                Ok(Some(f)) if f.reason.is_empty() => f.code.0.to_string(),
-                                Ok(Some(f)) => format!("{} ({})", f.code.0, f.reason),
-                                Ok(None) => "no status".into(),
-                                Err(e) => format!("an invalid close frame: {e}"),
-                            };
-                            // Answer it; the controller bounds how long that may take.
-                            st.close_requested = true;
-                            st.sending = false;
-                            if st.error.is_none() && !st.abort {
-                                st.error = Some(format!(
-                                    "the server closed the connection early with {code}"
-                                ));
-                            }
-                            drop(st);
-                            conn.wake_writer.notify_one();
-                        }
+                        server_closed(conn, st, payload);
                         return;
                     }
                 }
@@ -1192,12 +1345,619 @@ async fn reader(
     }
 }
 
+/// The server's close frame: an error unless this side closed first; the writer answers it
+/// (the controller bounds how long that may take).
+fn server_closed(conn: &Conn, mut st: std::cell::RefMut<'_, State>, payload: &[u8]) {
+    if st.close_requested {
+        return;
+    }
+    let code = match parse_close_payload(payload) {
+        Ok(Some(f)) if f.reason.is_empty() => f.code.0.to_string(),
+        Ok(Some(f)) => format!("{} ({})", f.code.0, f.reason),
+        Ok(None) => "no status".into(),
+        Err(e) => format!("an invalid close frame: {e}"),
+    };
+    st.close_requested = true;
+    st.sending = false;
+    if st.error.is_none() && !st.abort {
+        st.error = Some(format!(
+            "the server closed the connection early with {code}"
+        ));
+    }
+    drop(st);
+    conn.wake_writer.notify_one();
+}
+
 /// The bytes read with the handshake: the frames the server sent right behind its response
 /// lie in `buf[start..end]`.
 struct Input {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+}
+
+/// The state of a `--fanout` run, shared by the publisher and every subscriber on every
+/// thread.
+///
+/// Flow control: the publisher numbers its messages 0, 1, 2, ... and each subscriber counts
+/// every message it receives in `acks[seq % window]`. Message `seq` is received by all when
+/// its counter reaches the subscribers still open; the publisher then clears the counter and
+/// may publish one more, so that at most `window` messages are on their way at any time
+/// (counter `seq % window` is free again by the time `seq + window` is published).
+///
+/// Joining: a subscriber is subscribed once the server has run its handler, which may be a
+/// little after the client has read the 101. So once every subscriber has connected, the
+/// publisher publishes a join message every [`JOIN_INTERVAL`] until each has received one
+/// (a subscriber checks order from its first message on), and only the messages from then on
+/// (`counted_from`) are flow-controlled. All of that belongs in the warm-up: a run whose
+/// subscribers were not all joined when the measured window began counts an error.
+struct Fanout {
+    sched: Schedule,
+    /// The subscribers asked for (`--connections`).
+    subscribers: usize,
+    /// Subscribers whose handshake completed, or that failed before it did.
+    settled: AtomicUsize,
+    /// Subscribers that received a first message (and are therefore subscribed).
+    joined: AtomicUsize,
+    /// Joined subscribers whose connection has ended.
+    left: AtomicUsize,
+    /// Subscribers that ended without receiving anything.
+    lost: AtomicUsize,
+    /// Messages from this sequence number on are counted in `acks` (`u64::MAX` while the
+    /// subscribers join).
+    counted_from: AtomicU64,
+    /// Per sequence number modulo the window: the subscribers that received it.
+    acks: Box<[AtomicUsize]>,
+    /// Per sequence number modulo the window: when it was framed, in ns after `base`.
+    sent_ns: Box<[AtomicU64]>,
+    base: Instant,
+    /// Messages framed by the publisher so far.
+    stamped: AtomicU64,
+    /// Messages framed inside the measured window.
+    published: AtomicU64,
+    /// Messages published in all, once the publisher has finished (`u64::MAX` before).
+    final_count: AtomicU64,
+    /// Wakes the publisher: a message reached every subscriber, or a subscriber left.
+    progress: Notify,
+    /// Wakes the subscribers' controllers when the publisher has finished.
+    done: Notify,
+}
+
+impl Fanout {
+    /// The state for `subscribers` subscribers and at most `window` messages in flight.
+    fn new(subscribers: usize, window: usize, sched: Schedule) -> Fanout {
+        let window = window.max(1);
+        Fanout {
+            sched,
+            subscribers,
+            settled: AtomicUsize::new(0),
+            joined: AtomicUsize::new(0),
+            left: AtomicUsize::new(0),
+            lost: AtomicUsize::new(0),
+            counted_from: AtomicU64::new(u64::MAX),
+            acks: (0..window).map(|_| AtomicUsize::new(0)).collect(),
+            sent_ns: (0..window).map(|_| AtomicU64::new(0)).collect(),
+            base: Instant::now(),
+            stamped: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            final_count: AtomicU64::new(u64::MAX),
+            progress: Notify::new(),
+            done: Notify::new(),
+        }
+    }
+
+    /// The window: messages that may be on their way.
+    fn window(&self) -> u64 {
+        self.acks.len() as u64
+    }
+
+    fn slot(&self, seq: u64) -> usize {
+        (seq % self.window()) as usize
+    }
+
+    /// Subscribers that joined and are still open: every message must reach them all.
+    fn alive(&self) -> usize {
+        let left = self.left.load(Ordering::SeqCst);
+        self.joined.load(Ordering::SeqCst).saturating_sub(left)
+    }
+
+    /// Numbers the next message the publisher frames (at `now`) and records when.
+    fn stamp(&self, now: Instant) -> u64 {
+        let seq = self.stamped.fetch_add(1, Ordering::SeqCst);
+        let ns = u64::try_from(now.duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        self.sent_ns[self.slot(seq)].store(ns, Ordering::SeqCst);
+        if now >= self.sched.measure_start && now < self.sched.measure_end {
+            self.published.fetch_add(1, Ordering::Relaxed);
+        }
+        seq
+    }
+
+    /// When message `seq` was framed, if it is one whose slot is still its own (a counted
+    /// message that has not reached every subscriber yet).
+    fn sent_at(&self, seq: u64) -> Instant {
+        self.base + Duration::from_nanos(self.sent_ns[self.slot(seq)].load(Ordering::SeqCst))
+    }
+
+    /// One subscriber received `seq`; wakes the publisher when every subscriber has.
+    fn ack(&self, seq: u64) {
+        if seq < self.counted_from.load(Ordering::SeqCst) {
+            return;
+        }
+        let n = self.acks[self.slot(seq)].fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= self.alive() {
+            self.progress.notify_one();
+        }
+    }
+
+    /// The publisher has finished: what it framed is all there is.
+    fn finish(&self) {
+        let n = self.stamped.load(Ordering::SeqCst);
+        self.final_count.store(n, Ordering::SeqCst);
+        self.done.notify_waiters();
+    }
+
+    /// The messages published in all, once the publisher has finished.
+    fn final_count(&self) -> Option<u64> {
+        let n = self.final_count.load(Ordering::SeqCst);
+        (n != u64::MAX).then_some(n)
+    }
+
+    /// Whether a subscriber has everything it will get: the publisher has finished and the
+    /// subscriber received its last message (or never joined: it was counted as missing when
+    /// the subscribers joined), or its connection has ended.
+    fn drained(&self, st: &State) -> bool {
+        st.reader_done
+            || self
+                .final_count()
+                .is_some_and(|n| st.last_seq.is_none_or(|last| last + 1 >= n))
+    }
+
+    /// Waits until the subscriber on `conn` is [drained](Fanout::drained) (true) or
+    /// `deadline` passes (false).
+    async fn wait_drained(&self, conn: &Conn, deadline: Instant) -> bool {
+        loop {
+            // Created before the check: a notification after it is not missed.
+            let progress = conn.progress.notified();
+            let done = self.done.notified();
+            if self.drained(&conn.st.borrow()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::select! {
+                _ = progress => {}
+                _ = done => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+}
+
+/// `seq` as [`SEQ_DIGITS`] lowercase hexadecimal digits, the start of a fan-out payload.
+fn seq_digits(seq: u64) -> [u8; SEQ_DIGITS] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    std::array::from_fn(|i| HEX[((seq >> (4 * (SEQ_DIGITS - 1 - i))) & 15) as usize])
+}
+
+/// The sequence number that opens a fan-out payload, if it has one.
+fn parse_seq(payload: &[u8]) -> Option<u64> {
+    payload.get(..SEQ_DIGITS)?.iter().try_fold(0u64, |n, &c| {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u64::from(d))
+    })
+}
+
+/// Checks one frame a subscriber received against what the publisher sends (one whole text
+/// message: a sequence number, then `published`'s bytes); returns the sequence number.
+fn check_delivery(
+    published: &[u8],
+    opcode: OpCode,
+    fin: bool,
+    payload: &[u8],
+) -> Result<u64, &'static str> {
+    if opcode != OpCode::Text || !fin {
+        return Err("subscriber: a delivery was not one whole text message");
+    }
+    if payload.len() != published.len() {
+        return Err("subscriber: a delivery had the wrong size");
+    }
+    if payload[SEQ_DIGITS..] != published[SEQ_DIGITS..] {
+        return Err("subscriber: a delivery differs from the message published");
+    }
+    parse_seq(payload).ok_or("subscriber: a delivery has no sequence number")
+}
+
+/// Where a delivery's sequence number stands against the subscriber's last one.
+#[derive(Debug, PartialEq, Eq)]
+enum Order {
+    /// The subscriber's first message: it has joined.
+    First,
+    /// The one after the last.
+    Next,
+    /// Later than the next: this many messages were missed.
+    Gap(u64),
+    /// Not later than the last: out of order or repeated.
+    Stale,
+}
+
+/// Where `seq` stands after `last`.
+fn order(last: Option<u64>, seq: u64) -> Order {
+    match last {
+        None => Order::First,
+        Some(last) if seq == last.wrapping_add(1) => Order::Next,
+        Some(last) if seq > last => Order::Gap(seq - last - 1),
+        Some(_) => Order::Stale,
+    }
+}
+
+/// A fan-out subscriber, from connect to close: connects (at most [`FANOUT_CONNECTING`] of a
+/// thread's at once), then only reads and checks what the publisher sends. Its error (if
+/// any) is counted in `stats`.
+async fn subscriber(
+    plan: Arc<Plan>,
+    fan: Arc<Fanout>,
+    stats: Rc<RefCell<Stats>>,
+    shared: Arc<Shared>,
+    gate: Rc<Semaphore>,
+) {
+    let permit = gate.acquire().await.ok();
+    let Some(stream) = open(&plan, &stats, &shared).await else {
+        fan.settled.fetch_add(1, Ordering::SeqCst);
+        fan.lost.fetch_add(1, Ordering::SeqCst);
+        fan.progress.notify_one();
+        return;
+    };
+    let conn = Rc::new(Conn::new(stream, 0));
+    let drain = Drain::Subscriber(fan.clone());
+    let controller = tokio::task::spawn_local(controller(conn.clone(), plan.sched, drain));
+    let mut buf = vec![0u8; plan.read_buffer];
+    let mut writer_task = None;
+    let handshake = handshake(&conn, &plan, &mut buf).await;
+    fan.settled.fetch_add(1, Ordering::SeqCst);
+    drop(permit);
+    match handshake {
+        Ok((start, end, _)) => {
+            {
+                let mut st = conn.st.borrow_mut();
+                st.open = true;
+                st.writer_done = false;
+            }
+            stats.borrow_mut().connected += 1;
+            shared.open.fetch_add(1, Ordering::Relaxed);
+            conn.progress.notify_waiters();
+            // It only ever writes pongs and its close frame.
+            writer_task = Some(tokio::task::spawn_local(writer(
+                conn.clone(),
+                plan.clone(),
+                None,
+            )));
+            let input = Input { buf, start, end };
+            subscriber_reader(&conn, &plan, &fan, &stats, &shared, input).await;
+            shared.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        Err(why) => conn.fail(format!("subscriber: {why}")),
+    }
+    if conn.st.borrow().last_seq.is_some() {
+        fan.left.fetch_add(1, Ordering::SeqCst);
+    } else {
+        fan.lost.fetch_add(1, Ordering::SeqCst);
+    }
+    fan.progress.notify_one();
+    wind_up(&conn, writer_task, controller, &stats, &shared).await;
+}
+
+/// A subscriber's reader: parses the server's frames where they land in `buf`, checks every
+/// delivery (content, then order by sequence number), counts it for the publisher's flow
+/// control and, inside the measured window, in `stats` with its latency from publish to
+/// delivery. Returns when the connection ends (close received, error, EOF).
+async fn subscriber_reader(
+    conn: &Conn,
+    plan: &Plan,
+    fan: &Fanout,
+    stats: &RefCell<Stats>,
+    shared: &Shared,
+    input: Input,
+) {
+    let Input {
+        mut buf,
+        mut start,
+        mut end,
+    } = input;
+    let limits = DecodeLimits {
+        role: Role::Client,
+        allowed_rsv: 0,
+        max_frame: (plan.size + SLACK) as u64,
+    };
+    let sched = &plan.sched;
+    let mut in_window = false;
+    let mut now = Instant::now();
+    loop {
+        let mut received = 0u64;
+        let mut wake = false;
+        {
+            let mut st = conn.st.borrow_mut();
+            let mut stats = stats.borrow_mut();
+            loop {
+                let h = match decode_header(&buf[start..end], &limits) {
+                    Ok(Decoded::NeedMore(_)) => break,
+                    Ok(Decoded::Header(h)) => h,
+                    Err(e) => {
+                        drop(st);
+                        conn.fail(format!("subscriber: protocol error from the server: {e}"));
+                        return;
+                    }
+                };
+                let total = h.header_len + h.payload_len as usize;
+                if end - start < total {
+                    break;
+                }
+                let payload = &buf[start + h.header_len..start + total];
+                start += total;
+                match h.opcode {
+                    OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                        received += 1;
+                        let checked = check_delivery(&plan.payload, h.opcode, h.fin, payload);
+                        let seq = match checked {
+                            Ok(seq) => seq,
+                            Err(why) => {
+                                stats.error(why.into());
+                                shared.errors.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        };
+                        match order(st.last_seq, seq) {
+                            Order::First => {
+                                fan.joined.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Order::Next => {}
+                            Order::Gap(missed) => {
+                                stats.error(
+                                    "subscriber: message(s) missed (a gap in the sequence numbers)"
+                                        .into(),
+                                );
+                                shared.errors.fetch_add(1, Ordering::Relaxed);
+                                // They will not come: count them, so as not to hold up the
+                                // publisher (at most a window's worth can be in flight).
+                                for s in seq - missed.min(fan.window())..seq {
+                                    fan.ack(s);
+                                }
+                            }
+                            Order::Stale => {
+                                stats.error(
+                                    "subscriber: a delivery came out of order or twice".into(),
+                                );
+                                shared.errors.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
+                        st.last_seq = Some(seq);
+                        fan.ack(seq);
+                        if now >= sched.measure_start && now < sched.measure_end {
+                            stats.messages += 1;
+                            stats.bytes += payload.len() as u64;
+                            let sent = fan.sent_at(seq);
+                            if sent >= sched.measure_start
+                                && seq >= fan.counted_from.load(Ordering::Relaxed)
+                            {
+                                stats.hist.record(now.saturating_duration_since(sent));
+                            }
+                        }
+                    }
+                    OpCode::Ping => {
+                        st.pongs.push(payload.to_vec());
+                        wake = true;
+                    }
+                    OpCode::Pong => {}
+                    OpCode::Close => {
+                        server_closed(conn, st, payload);
+                        return;
+                    }
+                }
+            }
+            if received > 0 && now >= sched.measure_end {
+                // The controller waits for the last messages.
+                conn.progress.notify_waiters();
+            }
+        }
+        if received > 0 {
+            shared.echoed.fetch_add(received, Ordering::Relaxed);
+        }
+        if wake {
+            conn.wake_writer.notify_one();
+        }
+        if start > 0 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        let (res, back) = conn.stream.read_at(buf, end).await;
+        buf = back;
+        now = Instant::now();
+        match res {
+            Ok(0) => {
+                conn.fail(
+                    "subscriber: the server closed the connection without a close frame".into(),
+                );
+                return;
+            }
+            Ok(n) => {
+                end += n;
+                let was = std::mem::replace(
+                    &mut in_window,
+                    now >= sched.measure_start && now < sched.measure_end,
+                );
+                if in_window && was {
+                    stats.borrow_mut().wire_bytes += n as u64;
+                }
+            }
+            Err(e) => {
+                conn.fail(format!("subscriber: read: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// The fan-out publisher, from connect to close: its writer numbers every message, [`pace`]
+/// decides how many to send, and its reader expects nothing but control frames (the server
+/// does not send a connection its own messages). Its error (if any) is counted in `stats`.
+async fn publisher(
+    plan: Arc<Plan>,
+    fan: Arc<Fanout>,
+    stats: Rc<RefCell<Stats>>,
+    shared: Arc<Shared>,
+) {
+    let Some(stream) = open(&plan, &stats, &shared).await else {
+        fan.finish();
+        return;
+    };
+    let conn = Rc::new(Conn::new(stream, 0));
+    let controller = tokio::task::spawn_local(controller(conn.clone(), plan.sched, Drain::Echo));
+    let mut buf = vec![0u8; plan.read_buffer];
+    let (mut writer_task, mut pacer) = (None, None);
+    match handshake(&conn, &plan, &mut buf).await {
+        Ok((start, end, _)) => {
+            {
+                let mut st = conn.st.borrow_mut();
+                st.open = true;
+                st.writer_done = false;
+            }
+            shared.open.fetch_add(1, Ordering::Relaxed);
+            conn.progress.notify_waiters();
+            let stamp = Some(fan.clone());
+            writer_task = Some(tokio::task::spawn_local(writer(
+                conn.clone(),
+                plan.clone(),
+                stamp,
+            )));
+            pacer = Some(tokio::task::spawn_local(pace(conn.clone(), fan.clone())));
+            let input = Input { buf, start, end };
+            reader(&conn, &plan, &stats, &shared, input, None).await;
+            shared.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        Err(why) => conn.fail(format!("publisher: {why}")),
+    }
+    conn.st.borrow_mut().reader_done = true;
+    if let Some(task) = pacer {
+        let _ = task.await;
+    }
+    fan.finish();
+    wind_up(&conn, writer_task, controller, &stats, &shared).await;
+}
+
+/// The publisher's pace: join messages until every subscriber has one, then as many messages
+/// as the window allows until the measured window ends; then it tells the subscribers how
+/// many there were in all ([`Fanout::finish`]).
+async fn pace(conn: Rc<Conn>, fan: Arc<Fanout>) {
+    let sched = fan.sched;
+    let stopped = || {
+        let st = conn.st.borrow();
+        st.abort || st.close_requested || st.reader_done
+    };
+    let send = |n: u64| {
+        conn.st.borrow_mut().to_send += n as usize;
+        conn.wake_writer.notify_one();
+    };
+    let mut queued = 0u64;
+    'run: {
+        // Join: once every subscriber has connected (or failed to), a message every
+        // JOIN_INTERVAL until every one has received one.
+        let mut next_join = Instant::now();
+        loop {
+            if stopped() {
+                break 'run;
+            }
+            let now = Instant::now();
+            let joined = fan.joined.load(Ordering::SeqCst) + fan.lost.load(Ordering::SeqCst);
+            if joined >= fan.subscribers {
+                break;
+            }
+            if now >= sched.measure_end {
+                let missing = fan.subscribers - joined;
+                conn.note_error(format!(
+                    "publisher: {missing} of {} subscriber(s) had received no message when the \
+                     run ended (raise --warmup)",
+                    fan.subscribers
+                ));
+                break 'run;
+            }
+            if fan.settled.load(Ordering::SeqCst) >= fan.subscribers && now >= next_join {
+                send(1);
+                queued += 1;
+                next_join = now + JOIN_INTERVAL;
+            }
+            tokio::time::sleep(JOIN_POLL).await;
+        }
+        if Instant::now() > sched.measure_start {
+            conn.note_error(
+                "publisher: the subscribers were not all connected and subscribed when the \
+                 measured window began (raise --warmup)"
+                    .into(),
+            );
+        }
+        // Steady: at most a window of messages not yet received by every subscriber.
+        fan.counted_from.store(queued, Ordering::SeqCst);
+        let mut acked = queued;
+        let mut moved_at = Instant::now();
+        loop {
+            if stopped() {
+                break;
+            }
+            let alive = fan.alive();
+            if alive == 0 {
+                conn.note_error("publisher: no subscriber left".into());
+                break;
+            }
+            while acked < queued && fan.acks[fan.slot(acked)].load(Ordering::SeqCst) >= alive {
+                fan.acks[fan.slot(acked)].store(0, Ordering::SeqCst);
+                acked += 1;
+                moved_at = Instant::now();
+            }
+            let now = Instant::now();
+            if now >= sched.measure_end {
+                break;
+            }
+            if now >= moved_at + STALL_TIMEOUT {
+                let missing = alive - fan.acks[fan.slot(acked)].load(Ordering::SeqCst).min(alive);
+                conn.note_error(format!(
+                    "publisher: message {acked} had not reached {missing} of {alive} \
+                     subscriber(s) after {STALL_TIMEOUT:?}; stopped publishing"
+                ));
+                break;
+            }
+            let target = acked + fan.window();
+            if queued < target {
+                send(target - queued);
+                queued = target;
+            }
+            let progress = fan.progress.notified();
+            let wait = (moved_at + STALL_TIMEOUT).min(sched.measure_end);
+            tokio::select! {
+                _ = progress => {}
+                _ = tokio::time::sleep_until(wait.into()) => {}
+            }
+        }
+    }
+    // Let the writer frame what was asked for (or stop), so that the count is final.
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    loop {
+        {
+            let st = conn.st.borrow();
+            if st.to_send == 0 || st.close_sent || st.abort || st.writer_done {
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    fan.finish();
 }
 
 /// Prints the report: text lines, or one JSON object with `--json`. Error reasons go to
@@ -1217,20 +1977,34 @@ fn report(args: &LoadArgs, threads: usize, plan: &Plan, total: &Stats) {
     for (reason, n) in &total.reasons {
         eprintln!("uringws load: {n} x {reason}");
     }
+    // Fan-out: the messages the publisher sent in the window, and their rate.
+    let published = plan.fanout.as_ref().map(|f| {
+        let n = f.published.load(Ordering::Relaxed);
+        (n, n as f64 / secs)
+    });
     let mut out = std::io::stdout().lock();
     if args.json {
         let num = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.1}"));
+        // Fan-out adds its fields before the closing brace.
+        let extra = published.map_or(String::new(), |(n, rate)| {
+            format!(
+                ",\"fanout\":true,\"subscribers\":{},\"published\":{n},\
+                 \"published_per_sec\":{rate:.1},\"deliveries_per_sec\":{:.1}",
+                args.connections,
+                total.messages as f64 / secs
+            )
+        });
         let _ = writeln!(
             out,
             "{{\"connections\":{},\"size\":{},\"pipeline\":{},\"threads\":{},\"text\":{},\
              \"duration_s\":{},\"connected\":{},\"messages\":{},\"msgs_per_sec\":{:.1},\
              \"mb_per_sec\":{:.3},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\
-             \"mean_us\":{},\"errors\":{},\"wire_bytes_per_msg\":{},\"compression\":\"{:?}\"}}",
+             \"mean_us\":{},\"errors\":{},\"wire_bytes_per_msg\":{},\"compression\":\"{:?}\"{}}}",
             args.connections,
             args.size,
             args.pipeline,
             threads,
-            args.text,
+            args.text || args.fanout,
             secs,
             total.connected,
             total.messages,
@@ -1244,21 +2018,42 @@ fn report(args: &LoadArgs, threads: usize, plan: &Plan, total: &Stats) {
             errors,
             num((total.messages > 0).then(|| total.wire_bytes as f64 / total.messages as f64)),
             args.compression.mode,
+            extra,
         );
     } else {
         let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} us"));
-        let kind = if args.text { "text" } else { "binary" };
+        let kind = if args.text || args.fanout {
+            "text"
+        } else {
+            "binary"
+        };
         let (url, addr) = (&args.url, plan.target.addr);
         let (conns, connected, k) = (args.connections, total.connected, args.pipeline);
         let (size, warmup, msgs) = (args.size, args.warmup, total.messages);
+        let (load, throughput) = match published {
+            None => (
+                format!(
+                    "load         {conns} connections ({connected} connected) x pipeline {k} \
+                     on {threads} thread(s), {size}-byte {kind} messages"
+                ),
+                format!("throughput   {msgs} messages: {rate:.0} msg/s, {mb:.2} MB/s of payload"),
+            ),
+            Some((n, prate)) => (
+                format!(
+                    "load         fan-out: 1 publisher, {conns} subscribers ({connected} \
+                     connected), window {k}, on {threads} thread(s), {size}-byte {kind} messages"
+                ),
+                format!(
+                    "throughput   {n} published ({prate:.0}/s), {msgs} deliveries: {rate:.0} \
+                     deliveries/s, {mb:.2} MB/s of payload"
+                ),
+            ),
+        };
         let lines = [
             format!("target       {url} ({addr})"),
-            format!(
-                "load         {conns} connections ({connected} connected) x pipeline {k} \
-                 on {threads} thread(s), {size}-byte {kind} messages"
-            ),
+            load,
             format!("window       {secs} s measured after {warmup} s of warm-up"),
-            format!("throughput   {msgs} messages: {rate:.0} msg/s, {mb:.2} MB/s of payload"),
+            throughput,
             format!(
                 "latency      p50 {}, p99 {}, p99.9 {}, max {}, mean {}",
                 us(p50),
@@ -1324,6 +2119,151 @@ mod tests {
     }
 
     #[test]
+    fn sequence_numbers_round_trip() {
+        for seq in [0, 1, 15, 16, 255, 1 << 40, u64::MAX] {
+            let d = seq_digits(seq);
+            assert!(d.iter().all(u8::is_ascii_hexdigit));
+            assert_eq!(parse_seq(&d), Some(seq));
+        }
+        assert_eq!(&seq_digits(0x1f), b"000000000000001f");
+        assert_eq!(parse_seq(b"000000000000001F"), None);
+        assert_eq!(parse_seq(b"00000000000001f"), None);
+    }
+
+    #[test]
+    fn deliveries_are_checked() {
+        let mut published = b"0000000000000000".to_vec();
+        published.extend_from_slice(b"abcdefgh");
+        let mut ok = seq_digits(7).to_vec();
+        ok.extend_from_slice(b"abcdefgh");
+        assert_eq!(check_delivery(&published, OpCode::Text, true, &ok), Ok(7));
+        assert!(check_delivery(&published, OpCode::Binary, true, &ok).is_err());
+        assert!(check_delivery(&published, OpCode::Text, false, &ok).is_err());
+        assert!(check_delivery(&published, OpCode::Text, true, &ok[1..]).is_err());
+        let mut bad = ok.clone();
+        bad[20] = b'X';
+        assert!(check_delivery(&published, OpCode::Text, true, &bad).is_err());
+        bad = ok.clone();
+        bad[3] = b'g';
+        assert!(check_delivery(&published, OpCode::Text, true, &bad).is_err());
+
+        assert_eq!(order(None, 5), Order::First);
+        assert_eq!(order(Some(5), 6), Order::Next);
+        assert_eq!(order(Some(5), 9), Order::Gap(3));
+        assert_eq!(order(Some(5), 5), Order::Stale);
+        assert_eq!(order(Some(5), 2), Order::Stale);
+    }
+
+    #[test]
+    fn the_window_counts_every_subscriber() {
+        let now = Instant::now();
+        let sched = Schedule {
+            measure_start: now,
+            measure_end: now + Duration::from_secs(60),
+            hard_end: now + Duration::from_secs(60),
+            close_timeout: CLOSE_TIMEOUT,
+        };
+        let fan = Fanout::new(3, 2, sched);
+        fan.joined.store(3, Ordering::SeqCst);
+        // Join messages (before `counted_from` is set) are not counted.
+        fan.ack(0);
+        assert_eq!(fan.acks[0].load(Ordering::SeqCst), 0);
+        fan.counted_from.store(1, Ordering::SeqCst);
+        fan.ack(1);
+        fan.ack(1);
+        assert_eq!(fan.acks[fan.slot(1)].load(Ordering::SeqCst), 2);
+        assert!(fan.acks[fan.slot(1)].load(Ordering::SeqCst) < fan.alive());
+        // A subscriber that leaves no longer holds the window up.
+        fan.left.store(1, Ordering::SeqCst);
+        assert!(fan.acks[fan.slot(1)].load(Ordering::SeqCst) >= fan.alive());
+        // Numbers and send times.
+        assert_eq!((fan.stamp(now), fan.stamp(now)), (0, 1));
+        assert_eq!(fan.sent_at(1), now.max(fan.base));
+        assert_eq!(fan.final_count(), None);
+        fan.finish();
+        assert_eq!(fan.final_count(), Some(2));
+        let mut st = State::new(0);
+        st.last_seq = Some(0);
+        assert!(!fan.drained(&st));
+        st.last_seq = Some(1);
+        assert!(fan.drained(&st));
+    }
+
+    #[test]
+    fn the_publisher_numbers_its_messages() {
+        let args = LoadArgs {
+            url: String::new(),
+            connections: 2,
+            size: 40,
+            duration: 1.0,
+            pipeline: 4,
+            threads: 1,
+            warmup: 0.0,
+            text: false,
+            json: false,
+            json_payload: false,
+            compression: Compression::OFF,
+            fanout: true,
+        };
+        check_args(&args).unwrap();
+        assert!(check_args(&LoadArgs {
+            size: 15,
+            ..args_clone(&args)
+        })
+        .is_err());
+        let now = Instant::now();
+        let sched = Schedule {
+            measure_start: now,
+            measure_end: now,
+            hard_end: now,
+            close_timeout: CLOSE_TIMEOUT,
+        };
+        let target = parse_url("ws://127.0.0.1:1/room").unwrap();
+        let plan = Plan::new(&args, target, sched);
+        assert_eq!(plan.opcode, OpCode::Text);
+        let fan = plan.fanout.clone().unwrap();
+        let mut framer = Framer::new(&plan, Some(fan.clone()));
+        let mut st = State::new(0);
+        st.to_send = 3;
+        let mut out = Vec::new();
+        assert!(matches!(framer.batch(&mut st, &mut out), Batch::Write));
+        assert!(st.in_flight.is_empty());
+        st.to_send = 1;
+        assert!(matches!(
+            framer.batch(&mut st, &mut Vec::new()),
+            Batch::Frame
+        ));
+        out.extend_from_slice(&framer.frame);
+        let limits = DecodeLimits {
+            role: Role::Server,
+            allowed_rsv: 0,
+            max_frame: 1 << 20,
+        };
+        let mut at = 0;
+        let mut seqs = Vec::new();
+        while at < out.len() {
+            let Ok(Decoded::Header(h)) = decode_header(&out[at..], &limits) else {
+                panic!("bad frame at {at}")
+            };
+            let body = at + h.header_len..at + h.header_len + h.payload_len as usize;
+            let mut payload = out[body.clone()].to_vec();
+            apply_mask(&mut payload, h.mask.unwrap(), 0);
+            seqs.push(check_delivery(&plan.payload, h.opcode, h.fin, &payload).unwrap());
+            at = body.end;
+        }
+        assert_eq!(seqs, [0, 1, 2, 3]);
+        assert_eq!(fan.stamped.load(Ordering::SeqCst), 4);
+    }
+
+    fn args_clone(a: &LoadArgs) -> LoadArgs {
+        LoadArgs {
+            url: a.url.clone(),
+            compression: a.compression,
+            ..*a
+        }
+    }
+
+    #[test]
     fn rekeying_keeps_the_payload() {
         let args = LoadArgs {
             url: String::new(),
@@ -1337,22 +2277,19 @@ mod tests {
             json: false,
             json_payload: false,
             compression: Compression::OFF,
+            fanout: false,
         };
         let now = Instant::now();
         let sched = Schedule {
             measure_start: now,
             measure_end: now,
             hard_end: now,
+            close_timeout: CLOSE_TIMEOUT,
         };
         let target = parse_url("ws://127.0.0.1:1/").unwrap();
         let plan = Plan::new(&args, target, sched);
         assert!(std::str::from_utf8(&plan.payload).is_ok());
-        let mut framer = Framer {
-            frame: plan.frame.clone(),
-            key_at: plan.key_at,
-            key: plan.key,
-            keys: KeyGen::new(),
-        };
+        let mut framer = Framer::new(&plan, None);
         let mut st = State::new(1);
         st.to_send = 3;
         st.close_requested = true;

@@ -272,7 +272,7 @@ impl Conn {
     /// the frame is not masked), waiting while the queue is above the high-water mark.
     /// Queues a data frame with a shared payload now, without waiting: refused when the queue
     /// is over its limit or the connection is closing (a publish to a slow subscriber).
-    pub(crate) fn offer_shared(&self, opcode: OpCode, payload: Bytes) -> Offered {
+    pub(crate) fn offer_shared(&self, opcode: OpCode, payload: &Bytes) -> Offered {
         {
             let ob = self.outbox.borrow();
             if ob.close_queued || ob.failed {
@@ -288,28 +288,35 @@ impl Conn {
 
     pub(super) async fn queue_shared(&self, opcode: OpCode, payload: Bytes) -> Result<()> {
         self.wait_to_queue().await?;
-        self.encode_shared(opcode, payload);
+        self.encode_shared(opcode, &payload);
         Ok(())
     }
 
     /// [`Conn::queue_shared`] once there is room: a large payload goes into the queue as it
     /// is (or compressed once for every connection with the same settings).
-    fn encode_shared(&self, opcode: OpCode, payload: Bytes) {
+    ///
+    /// Takes the payload by reference: a small one is copied into the queue, and only a large
+    /// one costs a `Bytes` clone (an atomic count per subscriber of a publish).
+    fn encode_shared(&self, opcode: OpCode, payload: &Bytes) {
         // `Some(Some(key))`: compressed without context; `Some(None)`: with context.
         let compress = match self.deflate.borrow().as_deref() {
             Some(c) if c.wants(payload.len()) => Some(c.is_stateless().then(|| c.key())),
             _ => None,
         };
+        let compressed;
         let (rsv, payload) = match compress {
-            Some(Some(key)) => match self.compress_shared(key, &payload) {
-                Some(z) => (RSV1, z),
+            Some(Some(key)) => match self.compress_shared(key, payload) {
+                Some(z) => {
+                    compressed = z;
+                    (RSV1, &compressed)
+                }
                 None => (0, payload),
             },
-            Some(None) => return self.encode_data(opcode, &payload),
+            Some(None) => return self.encode_data(opcode, payload),
             None => (0, payload),
         };
         if payload.len() < SHARE_MIN || self.mask.is_some() {
-            return self.encode_frame(rsv, opcode, &payload);
+            return self.encode_frame(rsv, opcode, payload);
         }
         let mut header = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&mut header, true, rsv, opcode, None, payload.len() as u64);
@@ -320,7 +327,7 @@ impl Conn {
         ob.data.clear();
         ob.chunks_len += head.len() + payload.len();
         ob.chunks.push(Bytes::from(head));
-        ob.chunks.push(payload);
+        ob.chunks.push(payload.clone());
         drop(ob);
         self.queued();
     }
@@ -400,6 +407,19 @@ impl Conn {
         } else {
             self.wake_writer.notify();
         }
+    }
+
+    /// Corks the queue for a pass that queues frames outside the handler (a publish reaching
+    /// every subscriber of a thread), as a poll of the handler does; false when it already
+    /// was. End it with [`Conn::uncork`].
+    pub(crate) fn cork(&self) -> bool {
+        !self.in_handler.replace(true)
+    }
+
+    /// Ends a [`Conn::cork`]: what was queued meanwhile leaves in one write, started here.
+    pub(crate) fn uncork(&self) {
+        self.in_handler.set(false);
+        self.flush_corked();
     }
 
     /// At the end of a poll of the handler: when frames were queued during it and the writer

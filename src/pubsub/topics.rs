@@ -242,16 +242,21 @@ impl ThreadTopics {
 
     /// Delivers what is published to this thread, until the server stops.
     pub(crate) async fn run(self: Rc<Self>, mut queue: mpsc::UnboundedReceiver<Delivery>) {
+        let mut corked = Vec::new();
         while let Some(d) = queue.recv().await {
-            self.deliver(d);
-            // Everything already queued goes out in this loop turn.
+            self.deliver(d, &mut corked);
+            // Everything already queued goes out in this loop turn, and what a subscriber got
+            // in it leaves in one write, started here rather than by waking its writer.
             while let Ok(d) = queue.try_recv() {
-                self.deliver(d);
+                self.deliver(d, &mut corked);
+            }
+            for conn in corked.drain(..) {
+                conn.uncork();
             }
         }
     }
 
-    fn deliver(&self, d: Delivery) {
+    fn deliver(&self, d: Delivery, corked: &mut Vec<Rc<Conn>>) {
         // Iterated in place, without a copy of the subscriber list per publish: queueing a
         // frame or a close never touches the topics.
         let subs = self.subs.borrow();
@@ -263,7 +268,10 @@ impl ThreadTopics {
                 continue;
             }
             let Some(conn) = weak.upgrade() else { continue };
-            match conn.offer_shared(d.opcode, d.payload.clone()) {
+            if conn.cork() {
+                corked.push(conn.clone());
+            }
+            match conn.offer_shared(d.opcode, &d.payload) {
                 Offered::Queued | Offered::Closed => continue,
                 Offered::Full => {}
             }

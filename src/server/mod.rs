@@ -989,6 +989,9 @@ async fn accept_loop(ctx: Rc<ThreadCtx>, listener: RawFd) {
                     ctx.shared.open.fetch_sub(1, Ordering::Relaxed);
                 }
             }
+            // Cancelled (the driver ends a multishot operation for reasons of its own): start
+            // another at once.
+            Some(Err(e)) if e.raw_os_error() == Some(libc::ECANCELED) => accepts = None,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "accept failed");
                 // Out of descriptors or memory: back off instead of spinning.

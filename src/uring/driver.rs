@@ -454,7 +454,7 @@ impl Driver {
                     queue,
                     waker,
                     ended,
-                    ..
+                    fds,
                 } => {
                     queue.push_back(c);
                     if !c.more() {
@@ -465,8 +465,9 @@ impl Driver {
                     }
                     // A consumer that does not keep up must not hold the thread's buffers: stop
                     // its receive (it is re-armed when the consumer comes back), so that the
-                    // peer meets TCP's flow control instead.
-                    if queue.len() == MAX_QUEUED && !*ended {
+                    // peer meets TCP's flow control instead. Not an accept: it holds no
+                    // buffer, and a burst of connections would end it again and again.
+                    if queue.len() == MAX_QUEUED && !*ended && !*fds {
                         cancel = true;
                     }
                 }

@@ -77,6 +77,40 @@ fn accept_receive_and_send_echo() {
     assert_eq!(&client.join().unwrap(), b"hello, ring");
 }
 
+/// A burst of connections that queue more completions than the driver lets a receive queue
+/// does not end the multishot accept (it holds no buffer; ending it made the server's accept
+/// loop back off for 50 ms).
+#[test]
+fn a_burst_of_connections_does_not_end_the_multishot_accept() {
+    let rt = runtime(8, 4096);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.block_on(async {
+        let mut accepts = AcceptMulti::new(listener.as_raw_fd()).unwrap();
+        turns().await; // armed
+        let clients: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        turns().await; // every completion queued, none consumed
+        for i in 0..clients.len() {
+            match accepts.accept().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("accept {i}: {e}"),
+                None => panic!("the multishot accept ended after {i}"),
+            }
+        }
+        // Still accepting.
+        let _late = TcpStream::connect(addr).unwrap();
+        match accepts.accept().await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("the accept after the burst: {e}"),
+            None => panic!("the multishot accept ended after the burst"),
+        }
+        drop(clients);
+        drop(accepts);
+        turns().await;
+        assert_eq!(live(), 0, "every operation ended");
+    });
+}
+
 fn name(r: &Received) -> &'static str {
     match r {
         Received::Data(_) => "data",
