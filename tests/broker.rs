@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::topics::*;
 use common::*;
-use uringws::pubsub::{Broker, BrokerStats, RedisBroker};
 use uringws::client::{self, Connector};
+use uringws::pubsub::{Broker, BrokerStats, RedisBroker};
 use uringws::{Error, OwnedMessage, Publisher};
 
 /// An in-memory bus: every member's publishes reach the members subscribed to the topic.

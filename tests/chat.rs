@@ -87,14 +87,19 @@ fn the_page_is_served_and_other_paths_are_refused() {
     }
     let chat = Chat::start();
     let addr = chat.addr.parse().unwrap();
-    let page = common::http_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert_eq!(page.status, 200);
-    assert!(page.head.contains("Content-Type: text/html; charset=utf-8"), "{}", page.head);
-    assert!(String::from_utf8_lossy(&page.body).contains("<title>uringws chat</title>"));
-    let elsewhere = common::http_exchange(
+    let page = common::http_exchange(
         addr,
-        common::upgrade_request("/elsewhere", "").as_bytes(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
+    assert_eq!(page.status, 200);
+    assert!(
+        page.head.contains("Content-Type: text/html; charset=utf-8"),
+        "{}",
+        page.head
+    );
+    assert!(String::from_utf8_lossy(&page.body).contains("<title>uringws chat</title>"));
+    let elsewhere =
+        common::http_exchange(addr, common::upgrade_request("/elsewhere", "").as_bytes());
     assert_eq!(elsewhere.status, 404);
     // Without the subprotocol offered, the chat still answers (and chooses none).
     let c = common::Client::connect_with(addr, &common::upgrade_request("/chat", ""));
@@ -153,7 +158,11 @@ fn rooms_messages_leaves_and_errors() {
         assert!(quiet(&mut ann).await);
 
         // Joining another room moves the member; a connection that goes is a leave.
-        send(&bob, json!({"type": "join", "room": "garden", "name": "bob"})).await?;
+        send(
+            &bob,
+            json!({"type": "join", "room": "garden", "name": "bob"}),
+        )
+        .await?;
         assert_eq!(
             next(&mut bob).await,
             json!({"type": "leave", "room": "kitchen", "name": "bob"})
