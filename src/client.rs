@@ -22,7 +22,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::uring::{recv_append, TcpStream};
+use crate::uring::TcpStream;
 use rand::{Rng, SeedableRng};
 
 use crate::conn::buffers::{BufferPool, ReadBuf};
@@ -84,6 +84,8 @@ pub struct Connector {
     read_buffer_size: usize,
     send_queue_limit: usize,
     compression: Compression,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConnector>,
 }
 
 impl Default for Connector {
@@ -102,33 +104,39 @@ impl Default for Connector {
             read_buffer_size: 64 << 10,
             send_queue_limit: 1 << 20,
             compression: Compression::OFF,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
 
-/// The parts of a `ws://` URL.
+/// The parts of a `ws://` or `wss://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
+    /// `wss://`: over TLS.
+    pub secure: bool,
     /// Host name or address (IPv6 without brackets).
     pub host: String,
-    /// Port (default 80).
+    /// Port (default 80, or 443 for `wss://`).
     pub port: u16,
     /// Path and query, starting with `/`.
     pub resource: String,
 }
 
 impl Url {
-    /// Parses `ws://host[:port][/path][?query]`. `wss://` is refused: TLS is out of scope.
+    /// Parses `ws://host[:port][/path][?query]` or the same with `wss://` (TLS, which needs
+    /// the `tls` feature).
     pub fn parse(url: &str) -> Result<Url> {
         let bad = |why: &str| Error::Config(format!("bad WebSocket URL {url:?}: {why}"));
-        let rest = if let Some(r) = strip_prefix_ci(url, "ws://") {
-            r
-        } else if strip_prefix_ci(url, "wss://").is_some() {
-            return Err(bad(
-                "wss:// (TLS) is not supported; use ws:// or a TLS proxy",
-            ));
+        let (secure, rest) = if let Some(r) = strip_prefix_ci(url, "ws://") {
+            (false, r)
+        } else if let Some(r) = strip_prefix_ci(url, "wss://") {
+            if !cfg!(feature = "tls") {
+                return Err(bad("wss:// needs uringws's `tls` feature"));
+            }
+            (true, r)
         } else {
-            return Err(bad("the scheme must be ws://"));
+            return Err(bad("the scheme must be ws:// or wss://"));
         };
         let (authority, resource) = match rest.find(['/', '?', '#']) {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -159,6 +167,7 @@ impl Url {
         }
         let port = match port {
             Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+            None if secure => 443,
             None => 80,
         };
         if !resource.bytes().all(|b| b.is_ascii_graphic()) {
@@ -167,6 +176,7 @@ impl Url {
             ));
         }
         Ok(Url {
+            secure,
             host: host.to_owned(),
             port,
             resource,
@@ -180,7 +190,7 @@ impl Url {
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if self.port == if self.secure { 443 } else { 80 } {
             host
         } else {
             format!("{host}:{}", self.port)
@@ -198,6 +208,14 @@ impl Connector {
     /// The default options.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The TLS settings of `wss://` connections: the roots to trust (default: webpki's
+    /// Mozilla roots; [`crate::tls::TlsConnector::with_ca_file`] adds a private CA).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::TlsConnector) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Offers these subprotocols, in order of preference.
@@ -290,10 +308,12 @@ impl Connector {
         Ok(())
     }
 
-    /// Connects to `url` and completes the opening handshake. Must run inside an uringws
-    /// runtime ([`block_on`], [`Runtime`], or a server's handler). Errors: [`Error::Config`] for a bad or `wss://` URL, [`Error::Io`] when the
-    /// connection fails or times out, [`Error::Handshake`] when the server refuses or answers
-    /// wrongly.
+    /// Connects to `url` and completes the opening handshake (after the TLS handshake, for
+    /// `wss://`). Must run inside an uringws runtime ([`block_on`], [`Runtime`], or a server's
+    /// handler). Errors: [`Error::Config`] for a bad URL, [`Error::Io`] when the connection
+    /// fails or times out, [`Error::Tls`] when the TLS handshake fails (an untrusted or
+    /// expired certificate, a name it is not for), [`Error::Handshake`] when the server
+    /// refuses or answers wrongly.
     pub async fn connect(&self, url: &str) -> Result<WebSocket> {
         self.validate()?;
         let url = Url::parse(url)?;
@@ -350,12 +370,19 @@ impl Connector {
             pool.clone(),
         );
         conn.watch();
-        let (res, _) = conn.stream.write_all(request).await;
-        if let Err(e) = res {
+        let mut recv = None;
+        if url.secure {
+            if let Err(e) = self.start_tls(&conn, &url.host, &mut recv).await {
+                drop(recv);
+                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                conn.set_phase(Phase::Done);
+                return Err(e);
+            }
+        }
+        if let Err(e) = conn.send_all(request).await {
             conn.set_phase(Phase::Done);
             return Err(Error::Io(e));
         }
-        let mut recv = None;
         let mut head = Vec::new();
         let mut scanner = HeadScanner::new(handshake::DEFAULT_MAX_REQUEST);
         let head_len = loop {
@@ -369,7 +396,7 @@ impl Connector {
                     ));
                 }
             }
-            match recv_append(&mut recv, &conn.stream, &mut head).await {
+            match conn.recv_plain(&mut recv, &mut head, false).await {
                 Ok(false) => {
                     let timed_out = conn.phase.get() == Phase::Handshake
                         && conn.last_activity.get().elapsed() >= self.timeouts.handshake;
@@ -420,6 +447,7 @@ impl Connector {
             origin: None,
             protocol: response.protocol.map(str::to_owned),
             extensions: agreed.and(response.extensions().next()).map(str::to_owned),
+            sni: None,
             headers: response
                 .headers
                 .iter()
@@ -452,6 +480,35 @@ async fn closer(conn: Rc<Conn>) {
     finish(&conn, CloseCode::NORMAL).await;
 }
 
+impl Connector {
+    /// Runs the TLS handshake of a `wss://` connection to `host`.
+    #[cfg(feature = "tls")]
+    async fn start_tls(
+        &self,
+        conn: &Conn,
+        host: &str,
+        recv: &mut Option<crate::uring::RecvMulti>,
+    ) -> Result<()> {
+        static DEFAULT: std::sync::OnceLock<crate::tls::TlsConnector> = std::sync::OnceLock::new();
+        let tls = match &self.tls {
+            Some(t) => t,
+            None => DEFAULT.get_or_init(crate::tls::TlsConnector::default),
+        };
+        conn.start_tls(crate::tls::Session::client(tls, host)?);
+        conn.tls_handshake(recv).await
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn start_tls(
+        &self,
+        _conn: &Conn,
+        _host: &str,
+        _recv: &mut Option<crate::uring::RecvMulti>,
+    ) -> Result<()> {
+        Err(Error::Config("wss:// needs uringws's `tls` feature".into()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,8 +527,14 @@ mod tests {
         let u = Url::parse("ws://[::1]:8080?q").unwrap();
         assert_eq!((u.host.as_str(), u.resource.as_str()), ("::1", "/?q"));
         assert_eq!(u.authority(), "[::1]:8080");
+        let u = Url::parse("wss://example.com/x").unwrap();
+        assert_eq!(
+            (u.secure, u.port, u.authority().as_str()),
+            (true, 443, "example.com")
+        );
+        let u = Url::parse("wss://example.com:8443").unwrap();
+        assert_eq!(u.authority(), "example.com:8443");
         for bad in [
-            "wss://example.com/",
             "http://x/",
             "ws://",
             "ws://h:99999/",
@@ -480,7 +543,5 @@ mod tests {
         ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
-        let e = Url::parse("wss://example.com/").unwrap_err().to_string();
-        assert!(e.contains("not supported"), "{e}");
     }
 }

@@ -42,6 +42,11 @@ pub enum Error {
     /// The server configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// TLS: a certificate or key that cannot be used, an untrusted or expired server
+    /// certificate, a failed TLS handshake. The text names the cause (and the file).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A configuration value is outside its allowed range (see `Config::validate`); nothing
     /// was started.
     #[error("invalid configuration: {field} is {value}, but {allowed}")]

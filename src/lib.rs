@@ -40,6 +40,8 @@ mod json;
 pub mod proto;
 pub mod pubsub;
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod uring;
 
 pub use error::{Error, Result, MIN_KERNEL};

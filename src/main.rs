@@ -111,6 +111,12 @@ struct EchoArgs {
     /// Messages shorter than this many bytes go out uncompressed.
     #[arg(long, default_value_t = uringws::proto::deflate::DEFAULT_MIN_SIZE)]
     compression_min_size: usize,
+    /// Serve TLS (wss://) with this PEM certificate chain (the server's certificate first).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// Parses a number of seconds: finite, zero or more, at most a year.
@@ -208,6 +214,9 @@ fn echo(args: EchoArgs) -> uringws::Result<()> {
         });
     if let Some(n) = args.threads {
         server = server.threads(n);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        server = server.tls(uringws::tls::TlsConfig::from_pem_files(cert, key)?);
     }
     let running = server.start(|ws: uringws::WebSocket| async move {
         let (mut rx, tx) = ws.split();

@@ -33,6 +33,7 @@ pub(crate) async fn finish(conn: &Rc<Conn>, code: CloseCode) {
 
 /// Half-closes and reads until the peer's EOF, discarding what arrives.
 pub(crate) async fn linger(conn: &Conn) {
+    conn.close_notify().await;
     let _ = conn.stream.shutdown(Shutdown::Write);
     if conn.phase.get() != Phase::Closing {
         conn.set_phase(Phase::Closing);

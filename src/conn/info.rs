@@ -1,5 +1,5 @@
 //! Facts about a connection fixed at the handshake: peer, path, query, origin, subprotocol,
-//! extensions, headers.
+//! extensions, headers, TLS server name.
 
 use std::net::SocketAddr;
 
@@ -21,6 +21,8 @@ pub struct ConnectionInfo {
     pub extensions: Option<String>,
     /// Every request header, name as sent and raw value.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// On a TLS connection, the server name the client asked for (SNI), if it sent one.
+    pub sni: Option<String>,
 }
 
 impl ConnectionInfo {

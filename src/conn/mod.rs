@@ -12,6 +12,7 @@ mod close;
 mod info;
 mod outbox;
 mod receiver;
+mod secure;
 mod sender;
 mod shared;
 mod timers;

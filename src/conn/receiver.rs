@@ -122,6 +122,9 @@ impl RxState {
     /// had received first comes first), so that the kernel copies it once and no ring buffer
     /// holds it.
     pub(super) async fn fill(&mut self, conn: &Rc<Conn>) -> bool {
+        if conn.is_tls() {
+            return self.fill_tls(conn).await;
+        }
         if self.start == self.end && self.single.is_none() {
             self.start = 0;
             self.end = 0;
@@ -231,6 +234,49 @@ impl RxState {
                 Box::pin(self.fill(conn)).await
             }
             Received::Err(e) => {
+                tracing::debug!(error = %e, "receive failed");
+                false
+            }
+        }
+    }
+
+    /// [`RxState::fill`] on a TLS connection: the records received are opened and their
+    /// plaintext appended behind the pending bytes, in a heap buffer (no ring buffer is
+    /// parsed in place, and no payload read straight into the reassembly buffer). While idle
+    /// the connection holds no buffer. Cancellation safe: the pending bytes stay in `self`,
+    /// and a record cut by the read waits in the TLS state.
+    async fn fill_tls(&mut self, conn: &Rc<Conn>) -> bool {
+        let (start, end) = (self.start, self.end);
+        let pending = match std::mem::replace(&mut self.buf, ReadBuf::Taken) {
+            ReadBuf::Heap(mut v) if start < end => {
+                v.copy_within(start..end, 0);
+                v.truncate(end - start);
+                v
+            }
+            ReadBuf::Ring(r) if start < end => r[start..end].to_vec(),
+            idle => {
+                if matches!(&idle, ReadBuf::Heap(v) if v.capacity() > 0) {
+                    self.pool.checkin(idle);
+                }
+                self.release_large();
+                Vec::new()
+            }
+        };
+        self.start = 0;
+        self.end = pending.len();
+        self.buf = ReadBuf::Heap(pending);
+        let ReadBuf::Heap(buf) = &mut self.buf else {
+            unreachable!("set above")
+        };
+        let res = conn.recv_plain(&mut self.recv, buf, true).await;
+        self.end = buf.len();
+        match res {
+            Ok(true) => {
+                conn.last_activity.set(Instant::now());
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
                 tracing::debug!(error = %e, "receive failed");
                 false
             }

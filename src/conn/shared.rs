@@ -105,6 +105,9 @@ pub(crate) struct Conn {
     /// Compresses outgoing messages when permessage-deflate was agreed (set by the
     /// handshake). Boxed: most connections have none.
     pub(super) deflate: RefCell<Option<Box<Compressor>>>,
+    /// The TLS layer, on a TLS connection (set before the first byte). Boxed: plain
+    /// connections carry only the slot.
+    pub(super) secure: RefCell<Option<Box<super::secure::Secure>>>,
 }
 
 impl Conn {
@@ -138,6 +141,7 @@ impl Conn {
             pool,
             data: RefCell::new(None),
             deflate: RefCell::new(None),
+            secure: RefCell::new(None),
         })
     }
 
@@ -151,6 +155,7 @@ impl Conn {
             protocol: None,
             extensions: None,
             headers: Vec::new(),
+            sni: None,
         };
         self.info.get().unwrap_or(&EMPTY)
     }
@@ -431,7 +436,8 @@ impl Conn {
             return;
         }
         let batch = match self.wake_writer.idle_writer() {
-            Some(waker) if self.handed.borrow().is_none() => {
+            // A TLS connection's writes are sealed by the writer.
+            Some(waker) if self.handed.borrow().is_none() && !self.is_tls() => {
                 let mut ob = self.outbox.borrow_mut();
                 let plain = ob.chunks.is_empty() && ob.in_flight == 0 && !ob.failed;
                 plain.then(|| ob.take_batch()).flatten().map(|b| (waker, b))

@@ -36,6 +36,12 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
             }
             continue;
         }
+        if conn.is_tls() {
+            if !write_sealed(&conn).await {
+                return;
+            }
+            continue;
+        }
         let shared = take_chunks(&conn);
         if !shared.is_empty() {
             // Boxed: only large shared payloads come this way, and the writer's future,
@@ -68,6 +74,45 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
             return;
         }
     }
+}
+
+/// The writer's turn on a TLS connection: everything queued (the shared chunks with the rest,
+/// in order), sealed, in one write; waits when nothing is queued. False when the writer is
+/// done (closed or failed).
+async fn write_sealed(conn: &Conn) -> bool {
+    let chunks = take_chunks(conn);
+    let plain = if chunks.is_empty() {
+        let batch = {
+            let mut ob = conn.outbox.borrow_mut();
+            let batch = ob.take_batch();
+            if batch.is_none() && !conn.tls_pending() && (ob.close_queued || ob.failed) {
+                ob.writer_done = true;
+                drop(ob);
+                conn.progress.notify_waiters();
+                return false;
+            }
+            batch
+        };
+        match batch {
+            Some(batch) => batch,
+            None if conn.tls_pending() => Vec::new(),
+            None => {
+                conn.wake_writer.notified().await;
+                return true;
+            }
+        }
+    } else {
+        let mut plain = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+        for c in &chunks {
+            plain.extend_from_slice(c);
+        }
+        plain
+    };
+    let res = match conn.seal(plain) {
+        Ok(wire) => conn.stream.write_all(wire).await.0,
+        Err(e) => Err(e),
+    };
+    finish_write(conn, res)
 }
 
 /// After one write of a batch: writes what it left (a partial write, rare), keeps the buffer

@@ -17,7 +17,7 @@ use crate::proto::frame::Role;
 use crate::proto::handshake::{self, Handshake, HeadScanner, UpgradeRequest};
 use crate::proto::message::{Reader, ReaderConfig};
 use crate::server::{HttpResponse, ThreadCtx};
-use crate::uring::{recv_append, RecvMulti, TcpStream};
+use crate::uring::{RecvMulti, TcpStream};
 
 /// Serves one accepted connection to the end.
 pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAddr) {
@@ -31,6 +31,16 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
         None,
         ctx.buffers.clone(),
     );
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &ctx.tls {
+        match crate::tls::Session::server(tls) {
+            Ok(session) => conn.start_tls(session),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a TLS session");
+                return;
+            }
+        }
+    }
     ctx.register(id, conn.clone());
     conn.watch();
     // Boxed, as is the closing below: every open connection's task holds this future for its
@@ -84,7 +94,7 @@ async fn handshake(
                     return None;
                 }
             }
-            match recv_append(&mut recv, &conn.stream, &mut head).await {
+            match conn.recv_plain(&mut recv, &mut head, false).await {
                 Ok(true) => {}
                 Ok(false) | Err(_) => {
                     drop(recv);
@@ -114,13 +124,13 @@ async fn handshake(
             Ok(Handshake::WebSocket(upgrade)) => match accept(ctx, &upgrade, &mut out) {
                 Ok((protocol, agreed)) => {
                     let mut info = connection_info(&upgrade, protocol, peer);
+                    info.sni = conn.sni();
                     info.extensions = agreed.as_ref().map(|(_, header)| header.clone());
                     // Open from here on: a shutdown that comes while the 101 is being written
                     // queues a close frame, which the writer sends after it, instead of
                     // cutting off a connection whose client may already have read the 101.
                     conn.set_phase(Phase::Open);
-                    let (res, _) = conn.stream.write_all(out).await;
-                    if res.is_err() {
+                    if conn.send_all(out).await.is_err() {
                         drop(recv);
                         finish_plain(conn).await;
                         return None;
@@ -136,8 +146,7 @@ async fn handshake(
                 }
             },
         }
-        let (res, _) = conn.stream.write_all(out).await;
-        if res.is_err() || !keep_alive {
+        if conn.send_all(out).await.is_err() || !keep_alive {
             drop(recv);
             finish_plain(conn).await;
             return None;
@@ -193,6 +202,7 @@ fn connection_info(
         origin: upgrade.origin().map(str::to_owned),
         protocol,
         extensions: None,
+        sni: None,
         headers: request
             .headers()
             .iter()
@@ -206,7 +216,7 @@ async fn refuse(conn: &Conn, e: &handshake::HandshakeError, peer: SocketAddr) {
     tracing::debug!(%peer, status = e.status(), reason = %e, "handshake refused");
     let mut out = Vec::new();
     e.write_response(&mut out);
-    let _ = conn.stream.write_all(out).await;
+    let _ = conn.send_all(out).await;
     finish_plain(conn).await;
 }
 

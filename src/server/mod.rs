@@ -360,7 +360,14 @@ pub struct Server {
     http: Option<Arc<HttpFn>>,
     check: Option<Arc<CheckFn>>,
     broker: Option<Arc<dyn crate::pubsub::Broker>>,
+    tls: Option<TlsSettings>,
 }
+
+/// The server's TLS settings (nothing without the `tls` feature).
+#[cfg(feature = "tls")]
+pub(crate) type TlsSettings = crate::tls::TlsConfig;
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsSettings = std::convert::Infallible;
 
 impl Server {
     /// A server for `addr` with the default [`Config`]. The address is resolved here (an
@@ -387,6 +394,7 @@ impl Server {
             http: None,
             check: None,
             broker: None,
+            tls: None,
         })
     }
 
@@ -501,6 +509,16 @@ impl Server {
         self
     }
 
+    /// Serves TLS (`wss://`) with `tls`, on every connection of this server: the TLS handshake
+    /// comes first, within the handshake timeout, and a client that does not speak TLS is
+    /// closed at once. The connection's [`ConnectionInfo::sni`] is the name the client asked
+    /// for.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Answers plain HTTP requests (no upgrade) with `f`, e.g. a health check or a page.
     /// Without it they get 426 Upgrade Required.
     pub fn http<F>(mut self, f: F) -> Self
@@ -603,6 +621,7 @@ impl Server {
                 stop: stop_rx.clone(),
                 http: self.http.clone(),
                 check: self.check.clone(),
+                tls: self.tls.clone(),
                 index: i,
                 hub: hub.clone(),
                 queue: queues.remove(0),
@@ -777,6 +796,7 @@ struct ThreadSetup {
     stop: watch::Receiver<bool>,
     http: Option<Arc<HttpFn>>,
     check: Option<Arc<CheckFn>>,
+    tls: Option<TlsSettings>,
     /// The thread's index, and its end of the topics.
     index: usize,
     hub: Arc<topics::Hub>,
@@ -790,6 +810,7 @@ pub(crate) struct ThreadCtx {
     pub(crate) config: Arc<Config>,
     pub(crate) http: Option<Arc<HttpFn>>,
     pub(crate) check: Option<Arc<CheckFn>>,
+    pub(crate) tls: Option<TlsSettings>,
     pub(crate) handler: Box<Handler>,
     pub(crate) buffers: Rc<BufferPool>,
     pub(crate) topics: Rc<topics::ThreadTopics>,
@@ -881,6 +902,7 @@ where
             config: setup.config,
             http: setup.http,
             check: setup.check,
+            tls: setup.tls,
             handler: Box::new(move |ws| Box::pin(handler(ws))),
             shared: setup.shared,
             index: setup.index,

@@ -1,0 +1,191 @@
+//! The connection's TLS layer, when it has one: what the socket carries is sealed on the way
+//! out and opened on the way in, around the same plaintext paths a plain connection uses.
+//! Without the `tls` feature every connection is plain and this is a pass-through.
+
+use std::io;
+
+use crate::conn::shared::Conn;
+use crate::uring::{recv_append, RecvMulti};
+
+/// The TLS state of a connection: the session, ciphertext received and not yet opened (a
+/// record cut by the read), and records the session must send that no write carried yet.
+#[cfg(feature = "tls")]
+pub(crate) struct Secure {
+    pub(crate) session: crate::tls::Session,
+    incoming: Vec<u8>,
+    out: Vec<u8>,
+}
+
+#[cfg(not(feature = "tls"))]
+pub(crate) enum Secure {}
+
+fn tls_failed(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+}
+
+impl Conn {
+    /// Runs this connection over TLS with `session` (before anything is read or written).
+    #[cfg(feature = "tls")]
+    pub(crate) fn start_tls(&self, session: crate::tls::Session) {
+        *self.secure.borrow_mut() = Some(Box::new(Secure {
+            session,
+            incoming: Vec::new(),
+            out: Vec::new(),
+        }));
+    }
+
+    /// Whether this connection runs over TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.secure.borrow().is_some()
+    }
+
+    /// The server name the TLS client asked for.
+    pub(crate) fn sni(&self) -> Option<String> {
+        #[cfg(feature = "tls")]
+        if let Some(s) = self.secure.borrow().as_ref() {
+            return s.session.sni();
+        }
+        None
+    }
+
+    /// What goes on the wire for `plain`: the records that seal it (after any record the
+    /// session had waiting), or `plain` itself on a plain connection.
+    pub(crate) fn seal(&self, plain: Vec<u8>) -> io::Result<Vec<u8>> {
+        #[cfg(feature = "tls")]
+        if let Some(s) = self.secure.borrow_mut().as_mut() {
+            let mut wire = std::mem::take(&mut s.out);
+            s.session.seal(&plain, &mut wire).map_err(tls_failed)?;
+            return Ok(wire);
+        }
+        Ok(plain)
+    }
+
+    /// Records the session has waiting (an answer to the peer's key update): the writer sends
+    /// them even when nothing else is queued.
+    pub(crate) fn tls_pending(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(s) = self.secure.borrow().as_ref() {
+            return !s.out.is_empty();
+        }
+        false
+    }
+
+    /// Writes all of `plain`, sealed on a TLS connection. For the handshake's answers and
+    /// other writes made before the writer runs or after it ended.
+    pub(crate) async fn send_all(&self, plain: Vec<u8>) -> io::Result<()> {
+        let wire = self.seal(plain)?;
+        self.stream.write_all(wire).await.0
+    }
+
+    /// Sends close_notify on a TLS connection (the end of the stream of records); nothing on a
+    /// plain one.
+    pub(crate) async fn close_notify(&self) {
+        #[cfg(feature = "tls")]
+        {
+            let alert = match self.secure.borrow_mut().as_mut() {
+                Some(s) => {
+                    let mut wire = std::mem::take(&mut s.out);
+                    match s.session.close_notify(&mut wire) {
+                        Ok(()) => wire,
+                        Err(_) => return,
+                    }
+                }
+                None => return,
+            };
+            let _ = self.stream.write_all(alert).await;
+        }
+    }
+
+    /// Runs the TLS handshake to its end (the client's side: its first flight goes out
+    /// here). Errors: [`crate::Error::Tls`] naming the cause (an untrusted certificate, a
+    /// failed negotiation), [`crate::Error::Io`] when the connection fails or ends.
+    #[cfg(feature = "tls")]
+    pub(crate) async fn tls_handshake(&self, recv: &mut Option<RecvMulti>) -> crate::Result<()> {
+        let mut plain = Vec::new();
+        loop {
+            let (opened, answer) = {
+                let mut secure = self.secure.borrow_mut();
+                let Some(s) = secure.as_mut() else {
+                    return Ok(());
+                };
+                let opened = s.session.open(&mut s.incoming, &mut plain, &mut s.out);
+                (opened, std::mem::take(&mut s.out))
+            };
+            if !answer.is_empty() {
+                self.stream.write_all(answer).await.0?;
+            }
+            let opened = opened.map_err(|e| crate::Error::Tls(e.to_string()))?;
+            if !opened.handshaking {
+                return Ok(());
+            }
+            let mut fresh = Vec::new();
+            if !recv_append(recv, &self.stream, &mut fresh).await? {
+                return Err(crate::Error::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection during the TLS handshake",
+                )));
+            }
+            if let Some(s) = self.secure.borrow_mut().as_mut() {
+                s.incoming.extend_from_slice(&fresh);
+            }
+        }
+    }
+
+    /// Appends the next plaintext bytes to `buf`; false at the end of the stream (EOF, or
+    /// close_notify on TLS). On a TLS connection the records the session must send in answer
+    /// (the handshake's) are written here, or, once `writer_runs`, left to the writer.
+    pub(crate) async fn recv_plain(
+        &self,
+        recv: &mut Option<RecvMulti>,
+        buf: &mut Vec<u8>,
+        writer_runs: bool,
+    ) -> io::Result<bool> {
+        if !self.is_tls() {
+            return recv_append(recv, &self.stream, buf).await;
+        }
+        #[cfg(feature = "tls")]
+        loop {
+            // Received into a buffer of its own, so that a cancelled call loses nothing: the
+            // bytes join the TLS state only once they are here.
+            let mut fresh = Vec::new();
+            let more = recv_append(recv, &self.stream, &mut fresh).await;
+            let before = buf.len();
+            let (opened, answer) = {
+                let mut secure = self.secure.borrow_mut();
+                let Some(s) = secure.as_mut() else {
+                    return Ok(false);
+                };
+                if s.incoming.is_empty() {
+                    s.incoming = fresh;
+                } else {
+                    s.incoming.extend_from_slice(&fresh);
+                }
+                let opened = s.session.open(&mut s.incoming, buf, &mut s.out);
+                // An idle connection keeps no record-sized buffer.
+                if s.incoming.is_empty() {
+                    s.incoming = Vec::new();
+                }
+                let answer = if writer_runs || s.out.is_empty() {
+                    None
+                } else {
+                    Some(std::mem::take(&mut s.out))
+                };
+                (opened, answer)
+            };
+            if let Some(answer) = answer {
+                self.stream.write_all(answer).await.0?;
+            } else if writer_runs && self.tls_pending() {
+                self.wake_writer.notify();
+            }
+            let opened = opened.map_err(tls_failed)?;
+            if buf.len() > before {
+                return Ok(true);
+            }
+            if opened.peer_closed || !more? {
+                return Ok(false);
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        unreachable!("no TLS session without the tls feature")
+    }
+}

@@ -1,0 +1,600 @@
+//! TLS (the `tls` feature): rustls glue, sans-I/O. [`TlsConfig`] loads the server's
+//! certificate chain and key; [`TlsConnector`] holds the client's trust roots; a session
+//! turns received ciphertext into plaintext and plaintext into records to send, over byte
+//! buffers only, with rustls' unbuffered API (no buffers inside rustls beyond the record being
+//! decrypted). The connection core does the I/O.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::UnbufferedClientConnection;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+
+use crate::error::{Error, Result};
+
+/// The ring crypto provider: it builds with a C compiler alone (no cmake, no Go), so a fresh
+/// machine needs nothing beyond what Rust needs.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// ALPN: a WebSocket handshake is HTTP/1.1 (RFC 6455; browsers offer `http/1.1` for wss).
+const ALPN: &[u8] = b"http/1.1";
+
+/// The server's TLS settings: certificate chain and key. Cheap to clone.
+#[derive(Clone)]
+pub struct TlsConfig {
+    pub(crate) server: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig").finish_non_exhaustive()
+    }
+}
+
+fn tls_error(what: impl std::fmt::Display) -> Error {
+    Error::Tls(what.to_string())
+}
+
+impl TlsConfig {
+    /// Reads a PEM certificate chain (the server's certificate first, then the
+    /// intermediates) and a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC). TLS 1.2 and 1.3,
+    /// ALPN `http/1.1`. Errors name the file and the cause: unreadable, no certificate or key
+    /// in it, or a key that does not match the certificate ([`Error::Tls`]).
+    pub fn from_pem_files(chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<TlsConfig> {
+        let (chain, key) = (chain.as_ref(), key.as_ref());
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map_err(|e| tls_error(format_args!("cannot read {}: {e}", p.display())))
+        };
+        let (chain_pem, key_pem) = (read(chain)?, read(key)?);
+        Self::from_pem(&chain_pem, &key_pem).map_err(|e| match e {
+            Error::Tls(why) => tls_error(format_args!(
+                "{why} ({} and {})",
+                chain.display(),
+                key.display()
+            )),
+            e => e,
+        })
+    }
+
+    /// As [`TlsConfig::from_pem_files`], from the PEM text itself.
+    pub fn from_pem(chain: &[u8], key: &[u8]) -> Result<TlsConfig> {
+        let certs = CertificateDer::pem_slice_iter(chain)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| tls_error(format_args!("the certificate chain is not valid PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(tls_error("no certificate in the certificate chain file"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key)
+            .map_err(|e| tls_error(format_args!("no usable private key: {e}")))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| tls_error(format_args!("the key does not fit the certificate: {e}")))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(Self::from_rustls(Arc::new(config)))
+    }
+
+    /// A config from a rustls `ServerConfig` of your own (a certificate resolver, client
+    /// authentication, ...). Its ALPN list should offer `http/1.1`.
+    pub fn from_rustls(config: Arc<rustls::ServerConfig>) -> TlsConfig {
+        let mut config = (*config).clone();
+        config.cert_resolver = Arc::new(SniRecorder(config.cert_resolver.clone()));
+        TlsConfig {
+            server: Arc::new(config),
+        }
+    }
+}
+
+thread_local! {
+    /// The server name of the last ClientHello this thread resolved a certificate for.
+    static SNI: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records the server name each ClientHello asks for, for the connection's info (the
+/// unbuffered server connection does not expose it). The resolver runs inside
+/// `process_tls_records`, on the connection's thread, which reads it right after.
+#[derive(Debug)]
+struct SniRecorder(Arc<dyn rustls::server::ResolvesServerCert>);
+
+impl rustls::server::ResolvesServerCert for SniRecorder {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        SNI.with(|s| *s.borrow_mut() = hello.server_name().map(str::to_owned));
+        self.0.resolve(hello)
+    }
+
+    fn only_raw_public_keys(&self) -> bool {
+        self.0.only_raw_public_keys()
+    }
+}
+
+/// The client's TLS settings: the roots it trusts (webpki's Mozilla roots, plus any CA
+/// added). Cheap to clone.
+#[derive(Clone)]
+pub struct TlsConnector {
+    pub(crate) client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnector").finish_non_exhaustive()
+    }
+}
+
+impl Default for TlsConnector {
+    fn default() -> Self {
+        Self::with_roots(Self::webpki_roots())
+    }
+}
+
+impl TlsConnector {
+    fn webpki_roots() -> rustls::RootCertStore {
+        rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        }
+    }
+
+    fn with_roots(roots: rustls::RootCertStore) -> TlsConnector {
+        // The provider supports the safe default versions: building cannot fail.
+        let mut config = match rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+        {
+            Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
+            Err(e) => unreachable!("ring supports TLS 1.2 and 1.3: {e}"),
+        };
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        TlsConnector {
+            client: Arc::new(config),
+        }
+    }
+
+    /// Trusts the certificates of the PEM file `ca` besides webpki's roots (a private CA, a
+    /// self-signed test server).
+    pub fn with_ca_file(ca: impl AsRef<Path>) -> Result<TlsConnector> {
+        let ca = ca.as_ref();
+        let pem = std::fs::read(ca)
+            .map_err(|e| tls_error(format_args!("cannot read {}: {e}", ca.display())))?;
+        Self::with_ca_pem(&pem).map_err(|e| match e {
+            Error::Tls(why) => tls_error(format_args!("{why} ({})", ca.display())),
+            e => e,
+        })
+    }
+
+    /// As [`TlsConnector::with_ca_file`], from the PEM text.
+    pub fn with_ca_pem(pem: &[u8]) -> Result<TlsConnector> {
+        let mut roots = Self::webpki_roots();
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert =
+                cert.map_err(|e| tls_error(format_args!("the CA file is not valid PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| tls_error(format_args!("unusable CA certificate: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(tls_error("no certificate in the CA file"));
+        }
+        Ok(Self::with_roots(roots))
+    }
+
+    /// A connector from a rustls `ClientConfig` of your own. Its ALPN list should offer
+    /// `http/1.1` (or be empty).
+    pub fn from_rustls(config: Arc<rustls::ClientConfig>) -> TlsConnector {
+        TlsConnector { client: config }
+    }
+}
+
+/// One side of a TLS connection.
+pub(crate) enum Session {
+    Server(UnbufferedServerConnection, Option<String>),
+    Client(UnbufferedClientConnection),
+}
+
+/// What [`Session::open`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Opened {
+    /// The handshake is still going on.
+    pub(crate) handshaking: bool,
+    /// The peer sent close_notify: no more data will come.
+    pub(crate) peer_closed: bool,
+}
+
+/// Runs `$body` with `$state` bound to the session's next state, for either role.
+macro_rules! with_state {
+    ($session:expr, $incoming:expr, |$status:ident| $body:expr) => {
+        match $session {
+            Session::Server(c, _) => {
+                let $status = c.process_tls_records($incoming);
+                $body
+            }
+            Session::Client(c) => {
+                let $status = c.process_tls_records($incoming);
+                $body
+            }
+        }
+    };
+}
+
+/// What one step of the state machine did, with the state's borrows released.
+enum Step {
+    /// Records were handled; go on.
+    Again,
+    /// Needs more bytes from the peer (handshaking, or between records).
+    Blocked { handshaking: bool },
+    /// The peer closed (close_notify); edge.
+    PeerClosed,
+    /// Both sides closed.
+    Closed,
+}
+
+impl Session {
+    pub(crate) fn server(config: &TlsConfig) -> Result<Session> {
+        UnbufferedServerConnection::new(config.server.clone())
+            .map(|c| Session::Server(c, None))
+            .map_err(tls_error)
+    }
+
+    pub(crate) fn client(config: &TlsConnector, host: &str) -> Result<Session> {
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| tls_error(format_args!("{host:?} is not a valid server name: {e}")))?;
+        UnbufferedClientConnection::new(config.client.clone(), name)
+            .map(Session::Client)
+            .map_err(tls_error)
+    }
+
+    /// The server name the client asked for (SNI), on the server side once known.
+    pub(crate) fn sni(&self) -> Option<String> {
+        match self {
+            Session::Server(_, sni) => sni.clone(),
+            Session::Client(_) => None,
+        }
+    }
+
+    /// Handles the records in `incoming`, removing those consumed: application data is
+    /// appended to `plain`, records to send (handshake, alerts) to `out`. Stops when it needs
+    /// more bytes. An error is fatal for the connection (rustls has queued an alert in `out`
+    /// where one is due).
+    pub(crate) fn open(
+        &mut self,
+        incoming: &mut Vec<u8>,
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<Opened, rustls::Error> {
+        let mut opened = Opened::default();
+        let hello = matches!(self, Session::Server(c, None) if c.is_handshaking());
+        if hello {
+            SNI.with(|s| s.borrow_mut().take());
+        }
+        let result = self.open_records(incoming, plain, out, &mut opened);
+        if let (true, Session::Server(_, sni @ None)) = (hello, &mut *self) {
+            *sni = SNI.with(|s| s.borrow_mut().take());
+        }
+        result.map(|()| opened)
+    }
+
+    fn open_records(
+        &mut self,
+        incoming: &mut Vec<u8>,
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+        opened: &mut Opened,
+    ) -> std::result::Result<(), rustls::Error> {
+        loop {
+            let (discard, step) = with_state!(self, &mut incoming[..], |status| {
+                step(status, plain, out)
+            });
+            incoming.drain(..discard);
+            match step? {
+                Step::Again => {}
+                Step::Blocked { handshaking } => {
+                    opened.handshaking = handshaking;
+                    return Ok(());
+                }
+                Step::PeerClosed => opened.peer_closed = true,
+                Step::Closed => {
+                    opened.peer_closed = true;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Encrypts `plain` (any length: split into records as needed) and appends the records
+    /// to `out`, after any record the session had to send first.
+    pub(crate) fn seal(
+        &mut self,
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), rustls::Error> {
+        // Records carry at most 16 KiB each, with 5 bytes of header and up to 17 of tag and
+        // content type (TLS 1.3), or a longer explicit nonce and tag (TLS 1.2).
+        let hint = plain.len() + (plain.len() / 16384 + 1) * 64;
+        self.write_traffic(out, hint, |w, buf| w.encrypt(plain, buf))
+    }
+
+    /// Appends a close_notify alert to `out`.
+    pub(crate) fn close_notify(
+        &mut self,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), rustls::Error> {
+        self.write_traffic(out, 64, |w, buf| w.queue_close_notify(buf))
+    }
+
+    /// Drives the session to its write-traffic state (encoding what it must send first) and
+    /// runs `write` there into the spare room of `out`, growing it to what rustls asks.
+    fn write_traffic(
+        &mut self,
+        out: &mut Vec<u8>,
+        hint: usize,
+        mut write: impl FnMut(&mut dyn Encrypt, &mut [u8]) -> std::result::Result<usize, EncryptError>,
+    ) -> std::result::Result<(), rustls::Error> {
+        for _ in 0..16 {
+            let done = with_state!(self, &mut [][..], |status| {
+                match status.state? {
+                    ConnectionState::WriteTraffic(mut w) => {
+                        grow_into(out, hint, |buf| write(&mut w, buf))?;
+                        true
+                    }
+                    ConnectionState::EncodeTlsData(mut e) => {
+                        encode_into(out, &mut e)?;
+                        false
+                    }
+                    ConnectionState::TransmitTlsData(t) => {
+                        t.done();
+                        false
+                    }
+                    other => {
+                        return Err(rustls::Error::General(format!(
+                            "cannot send application data now ({other:?})"
+                        )))
+                    }
+                }
+            });
+            if done {
+                return Ok(());
+            }
+        }
+        Err(rustls::Error::General(
+            "TLS state machine did not settle".into(),
+        ))
+    }
+}
+
+/// The write-traffic operations, for either role.
+trait Encrypt {
+    fn encrypt(&mut self, plain: &[u8], out: &mut [u8])
+        -> std::result::Result<usize, EncryptError>;
+    fn queue_close_notify(&mut self, out: &mut [u8]) -> std::result::Result<usize, EncryptError>;
+}
+
+impl<Data> Encrypt for rustls::unbuffered::WriteTraffic<'_, Data> {
+    fn encrypt(
+        &mut self,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> std::result::Result<usize, EncryptError> {
+        rustls::unbuffered::WriteTraffic::encrypt(self, plain, out)
+    }
+    fn queue_close_notify(&mut self, out: &mut [u8]) -> std::result::Result<usize, EncryptError> {
+        rustls::unbuffered::WriteTraffic::queue_close_notify(self, out)
+    }
+}
+
+/// One state of the machine, handled: returns the bytes of `incoming` to discard and what
+/// to do next.
+fn step<Data>(
+    status: UnbufferedStatus<'_, '_, Data>,
+    plain: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> (usize, std::result::Result<Step, rustls::Error>) {
+    let UnbufferedStatus { mut discard, state } = status;
+    let state = match state {
+        Ok(s) => s,
+        Err(e) => return (discard, Err(e)),
+    };
+    let step = match state {
+        ConnectionState::ReadTraffic(mut r) => {
+            while let Some(record) = r.next_record() {
+                match record {
+                    Ok(record) => {
+                        discard += record.discard;
+                        plain.extend_from_slice(record.payload);
+                    }
+                    Err(e) => return (discard, Err(e)),
+                }
+            }
+            Ok(Step::Again)
+        }
+        ConnectionState::EncodeTlsData(mut e) => encode_into(out, &mut e).map(|()| Step::Again),
+        ConnectionState::TransmitTlsData(t) => {
+            // The caller sends `out` before it waits for the peer.
+            t.done();
+            Ok(Step::Again)
+        }
+        ConnectionState::BlockedHandshake => Ok(Step::Blocked { handshaking: true }),
+        ConnectionState::WriteTraffic(_) => Ok(Step::Blocked { handshaking: false }),
+        ConnectionState::PeerClosed => Ok(Step::PeerClosed),
+        ConnectionState::Closed => Ok(Step::Closed),
+        other => Err(rustls::Error::General(format!(
+            "unexpected TLS state {other:?}"
+        ))),
+    };
+    (discard, step)
+}
+
+fn encode_into<Data>(
+    out: &mut Vec<u8>,
+    e: &mut rustls::unbuffered::EncodeTlsData<'_, Data>,
+) -> std::result::Result<(), rustls::Error> {
+    let start = out.len();
+    out.resize(start + 4096, 0);
+    let n = match e.encode(&mut out[start..]) {
+        Ok(n) => n,
+        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+            out.resize(start + required_size, 0);
+            e.encode(&mut out[start..])
+                .map_err(|e| rustls::Error::General(e.to_string()))?
+        }
+        Err(e) => return Err(rustls::Error::General(e.to_string())),
+    };
+    out.truncate(start + n);
+    Ok(())
+}
+
+/// Runs `f` on spare room at the end of `out` (at least `hint` bytes, more when it asks), and
+/// keeps what it wrote.
+fn grow_into(
+    out: &mut Vec<u8>,
+    hint: usize,
+    mut f: impl FnMut(&mut [u8]) -> std::result::Result<usize, EncryptError>,
+) -> std::result::Result<(), rustls::Error> {
+    let start = out.len();
+    out.resize(start + hint, 0);
+    let n = match f(&mut out[start..]) {
+        Ok(n) => n,
+        Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+            out.resize(start + required_size, 0);
+            f(&mut out[start..]).map_err(|e| rustls::Error::General(e.to_string()))?
+        }
+        Err(e) => {
+            out.truncate(start);
+            return Err(rustls::Error::General(e.to_string()));
+        }
+    };
+    out.truncate(start + n);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    }
+
+    /// Moves bytes between the two sessions until neither has anything to send; returns the
+    /// plaintext each received.
+    fn pump(
+        client: &mut Session,
+        server: &mut Session,
+        to_server: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let (mut at_client, mut at_server) = (Vec::new(), Vec::new());
+        let (mut c_in, mut s_in) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            c_in.append(to_client);
+            client.open(&mut c_in, &mut at_client, to_server).unwrap();
+            s_in.append(to_server);
+            server.open(&mut s_in, &mut at_server, to_client).unwrap();
+            if to_server.is_empty() && to_client.is_empty() {
+                break;
+            }
+        }
+        (at_client, at_server)
+    }
+
+    #[test]
+    fn a_session_pair_handshakes_and_carries_data_both_ways() {
+        let (cert, key) = identity();
+        let server_config = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+        let connector = TlsConnector::with_ca_pem(cert.as_bytes()).unwrap();
+        let mut server = Session::server(&server_config).unwrap();
+        let mut client = Session::client(&connector, "localhost").unwrap();
+        let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+        pump(&mut client, &mut server, &mut to_server, &mut to_client);
+        assert_eq!(server.sni().as_deref(), Some("localhost"));
+
+        // A message larger than a record each way, and a small one.
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        client.seal(&big, &mut to_server).unwrap();
+        server.seal(b"hello", &mut to_client).unwrap();
+        let (at_client, at_server) = pump(&mut client, &mut server, &mut to_server, &mut to_client);
+        assert_eq!(at_server, big);
+        assert_eq!(at_client, b"hello");
+
+        // Records cut anywhere arrive whole once the rest comes.
+        let mut sealed = Vec::new();
+        client.seal(b"split across reads", &mut sealed).unwrap();
+        let (mut incoming, mut plain, mut out) = (Vec::new(), Vec::new(), Vec::new());
+        for b in sealed {
+            incoming.push(b);
+            server.open(&mut incoming, &mut plain, &mut out).unwrap();
+        }
+        assert_eq!(plain, b"split across reads");
+        assert!(incoming.is_empty());
+
+        // close_notify: the peer sees the end.
+        let mut alert = Vec::new();
+        client.close_notify(&mut alert).unwrap();
+        let opened = server.open(&mut alert, &mut plain, &mut out).unwrap();
+        assert!(opened.peer_closed);
+    }
+
+    #[test]
+    fn garbage_and_plain_http_fail_at_once() {
+        let (cert, key) = identity();
+        let config = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+        for junk in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            &[0x16, 3, 1, 0xff, 0xff, 1, 2, 3],
+        ] {
+            let mut server = Session::server(&config).unwrap();
+            let (mut incoming, mut plain, mut out) = (junk.to_vec(), Vec::new(), Vec::new());
+            assert!(
+                server.open(&mut incoming, &mut plain, &mut out).is_err(),
+                "{junk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unusable_certificates_and_keys_are_named() {
+        let (cert, key) = identity();
+        let (_, other_key) = identity();
+        let err = |r: Result<TlsConfig>| r.unwrap_err().to_string();
+        assert!(
+            err(TlsConfig::from_pem(cert.as_bytes(), other_key.as_bytes()))
+                .contains("does not fit")
+        );
+        assert!(err(TlsConfig::from_pem(b"not pem", key.as_bytes())).contains("no certificate"));
+        assert!(err(TlsConfig::from_pem(cert.as_bytes(), b"")).contains("private key"));
+        let missing = TlsConfig::from_pem_files("/nonexistent/chain.pem", "/nonexistent/key.pem");
+        assert!(err(missing).contains("/nonexistent/chain.pem"));
+    }
+
+    #[test]
+    fn a_client_refuses_an_untrusted_server() {
+        let (cert, key) = identity();
+        let (other_ca, _) = identity();
+        let config = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+        let connector = TlsConnector::with_ca_pem(other_ca.as_bytes()).unwrap();
+        let mut server = Session::server(&config).unwrap();
+        let mut client = Session::client(&connector, "localhost").unwrap();
+        let (mut c_in, mut s_in, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+        client.open(&mut c_in, &mut plain, &mut to_server).unwrap();
+        s_in.append(&mut to_server);
+        server.open(&mut s_in, &mut plain, &mut to_client).unwrap();
+        c_in.append(&mut to_client);
+        let e = client
+            .open(&mut c_in, &mut plain, &mut to_server)
+            .unwrap_err();
+        assert!(e.to_string().contains("certificate"), "{e}");
+    }
+}
