@@ -3,16 +3,30 @@
 //! ```sh
 //! cargo run --release --example hello_client                        # ws://127.0.0.1:9001/
 //! cargo run --release --example hello_client ws://127.0.0.1:8080/chat
+//! cargo run --release --example hello_client wss://localhost:9443/ --ca ca.pem
 //! ```
+//!
+//! `wss://` trusts webpki's roots, plus the CA of `--ca PEM` (a private or test CA).
 
-use uringws::{client, CloseCode, Message};
+use uringws::client::{self, Connector};
+use uringws::{CloseCode, Message};
 
 fn main() {
-    let url = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "ws://127.0.0.1:9001/".into());
+    let mut url = "ws://127.0.0.1:9001/".to_owned();
+    let mut ca = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--ca" => ca = args.next(),
+            _ => url = arg,
+        }
+    }
     let result = client::block_on(async {
-        let ws = client::connect(&url).await?;
+        let mut connector = Connector::new();
+        if let Some(ca) = &ca {
+            connector = connector.tls(uringws::tls::TlsConnector::with_ca_file(ca)?);
+        }
+        let ws = connector.connect(&url).await?;
         let (mut rx, tx) = ws.split();
         tx.send_text("Hello, World!").await?;
         match rx.recv().await? {

@@ -8,7 +8,9 @@
 #   4. Autobahn|Testsuite against the server (fuzzingclient) and the client (fuzzingserver);
 #   5. the hello-world client against the hello-world server, its output checked;
 #   6. the real-browser tests in headless Chromium (echo; the chat on two processes and Redis);
-#   7. the container image built from the Dockerfile and checked under podman.
+#   7. TLS (scripts/tls-interop.sh): Python websockets, Node ws and Chromium over wss://,
+#      hostile TLS peers, certificate errors at start-up;
+#   8. the container image built from the Dockerfile and checked under podman.
 # Each step installs what it needs on a fresh Debian machine. The first failure stops the run.
 # The last line is a summary of every step: ok, FAILED or not run.
 set -euo pipefail
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 # Short names of the steps, in the order they run, for the summary line.
 STEPS=("cargo test" "library alone" "release build" "autobahn server" "autobahn client"
-    "interop" "hello" "browser" "container")
+    "interop" "hello" "browser" "tls" "container")
 DONE=()    # the steps that passed
 CURRENT="" # the step running now
 
@@ -99,6 +101,10 @@ passed
 
 step "browser" "headless Chromium"
 UWS_NO_BUILD=1 scripts/browser.sh
+passed
+
+step "tls" "TLS: Python websockets, Node ws and Chromium over wss://, hostile TLS peers, certificate errors"
+UWS_NO_BUILD=1 scripts/tls-interop.sh
 passed
 
 step "container" "container image (podman, with and without the io_uring seccomp profile)"

@@ -5,13 +5,13 @@
 use std::io;
 
 use crate::conn::shared::Conn;
-use crate::uring::{recv_append, RecvMulti};
+use crate::uring::{recv_append, RecvMulti, TcpStream};
 
-/// The TLS state of a connection: the session, ciphertext received and not yet opened (a
+/// The TLS state of one socket: the session, ciphertext received and not yet opened (a
 /// record cut by the read), and records the session must send that no write carried yet.
 #[cfg(feature = "tls")]
 pub(crate) struct Secure {
-    pub(crate) session: crate::tls::Session,
+    session: crate::tls::Session,
     incoming: Vec<u8>,
     out: Vec<u8>,
 }
@@ -23,15 +23,96 @@ fn tls_failed(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
 }
 
+#[cfg(feature = "tls")]
+impl Secure {
+    pub(crate) fn new(session: crate::tls::Session) -> Secure {
+        Secure {
+            session,
+            incoming: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// The records that carry `plain`, after any record the session had waiting.
+    pub(crate) fn seal(&mut self, plain: &[u8]) -> io::Result<Vec<u8>> {
+        let mut wire = std::mem::take(&mut self.out);
+        self.session.seal(plain, &mut wire).map_err(tls_failed)?;
+        Ok(wire)
+    }
+
+    /// Opens `fresh` ciphertext (behind what was left of the last read): the plaintext is
+    /// appended to `plain`; the records the session must send in answer stay in `self.out`.
+    pub(crate) fn open(
+        &mut self,
+        fresh: Vec<u8>,
+        plain: &mut Vec<u8>,
+    ) -> std::result::Result<crate::tls::Opened, rustls::Error> {
+        if self.incoming.is_empty() {
+            self.incoming = fresh;
+        } else {
+            self.incoming.extend_from_slice(&fresh);
+        }
+        let opened = self.session.open(&mut self.incoming, plain, &mut self.out);
+        // An idle connection keeps no record-sized buffer.
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+        opened
+    }
+
+    /// Takes the records waiting to be sent.
+    pub(crate) fn take_out(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Runs the TLS handshake over `stream` to its end (the client's side: its first flight
+    /// goes out here). Errors: [`crate::Error::Tls`] naming the cause (an untrusted
+    /// certificate, a failed negotiation), [`crate::Error::Io`] when the connection fails or
+    /// ends.
+    pub(crate) async fn handshake(
+        &mut self,
+        stream: &TcpStream,
+        recv: &mut Option<RecvMulti>,
+    ) -> crate::Result<()> {
+        let mut plain = Vec::new();
+        let mut fresh = Vec::new();
+        loop {
+            let opened = self.open(std::mem::take(&mut fresh), &mut plain);
+            let answer = self.take_out();
+            if !answer.is_empty() {
+                stream.write_all(answer).await.0?;
+            }
+            let opened = opened.map_err(|e| crate::Error::Tls(crate::tls::describe(&e)))?;
+            if !opened.handshaking {
+                return Ok(());
+            }
+            if !recv_append(recv, stream, &mut fresh).await? {
+                return Err(crate::Error::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection during the TLS handshake",
+                )));
+            }
+        }
+    }
+}
+
 impl Conn {
     /// Runs this connection over TLS with `session` (before anything is read or written).
     #[cfg(feature = "tls")]
     pub(crate) fn start_tls(&self, session: crate::tls::Session) {
-        *self.secure.borrow_mut() = Some(Box::new(Secure {
-            session,
-            incoming: Vec::new(),
-            out: Vec::new(),
-        }));
+        *self.secure.borrow_mut() = Some(Box::new(Secure::new(session)));
+    }
+
+    /// Runs the TLS handshake to its end; see [`Secure::handshake`].
+    #[cfg(feature = "tls")]
+    pub(crate) async fn tls_handshake(&self, recv: &mut Option<RecvMulti>) -> crate::Result<()> {
+        // Nothing else uses the TLS state during the handshake.
+        let Some(mut secure) = self.secure.borrow_mut().take() else {
+            return Ok(());
+        };
+        let done = secure.handshake(&self.stream, recv).await;
+        *self.secure.borrow_mut() = Some(secure);
+        done
     }
 
     /// Whether this connection runs over TLS.
@@ -48,14 +129,12 @@ impl Conn {
         None
     }
 
-    /// What goes on the wire for `plain`: the records that seal it (after any record the
-    /// session had waiting), or `plain` itself on a plain connection.
+    /// What goes on the wire for `plain`: the records that seal it, or `plain` itself on a
+    /// plain connection.
     pub(crate) fn seal(&self, plain: Vec<u8>) -> io::Result<Vec<u8>> {
         #[cfg(feature = "tls")]
         if let Some(s) = self.secure.borrow_mut().as_mut() {
-            let mut wire = std::mem::take(&mut s.out);
-            s.session.seal(&plain, &mut wire).map_err(tls_failed)?;
-            return Ok(wire);
+            return s.seal(&plain);
         }
         Ok(plain)
     }
@@ -84,7 +163,7 @@ impl Conn {
         {
             let alert = match self.secure.borrow_mut().as_mut() {
                 Some(s) => {
-                    let mut wire = std::mem::take(&mut s.out);
+                    let mut wire = s.take_out();
                     match s.session.close_notify(&mut wire) {
                         Ok(()) => wire,
                         Err(_) => return,
@@ -96,44 +175,10 @@ impl Conn {
         }
     }
 
-    /// Runs the TLS handshake to its end (the client's side: its first flight goes out
-    /// here). Errors: [`crate::Error::Tls`] naming the cause (an untrusted certificate, a
-    /// failed negotiation), [`crate::Error::Io`] when the connection fails or ends.
-    #[cfg(feature = "tls")]
-    pub(crate) async fn tls_handshake(&self, recv: &mut Option<RecvMulti>) -> crate::Result<()> {
-        let mut plain = Vec::new();
-        loop {
-            let (opened, answer) = {
-                let mut secure = self.secure.borrow_mut();
-                let Some(s) = secure.as_mut() else {
-                    return Ok(());
-                };
-                let opened = s.session.open(&mut s.incoming, &mut plain, &mut s.out);
-                (opened, std::mem::take(&mut s.out))
-            };
-            if !answer.is_empty() {
-                self.stream.write_all(answer).await.0?;
-            }
-            let opened = opened.map_err(|e| crate::Error::Tls(e.to_string()))?;
-            if !opened.handshaking {
-                return Ok(());
-            }
-            let mut fresh = Vec::new();
-            if !recv_append(recv, &self.stream, &mut fresh).await? {
-                return Err(crate::Error::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the peer closed the connection during the TLS handshake",
-                )));
-            }
-            if let Some(s) = self.secure.borrow_mut().as_mut() {
-                s.incoming.extend_from_slice(&fresh);
-            }
-        }
-    }
-
     /// Appends the next plaintext bytes to `buf`; false at the end of the stream (EOF, or
     /// close_notify on TLS). On a TLS connection the records the session must send in answer
     /// (the handshake's) are written here, or, once `writer_runs`, left to the writer.
+    /// Cancellation safe: bytes join the TLS state only once received.
     pub(crate) async fn recv_plain(
         &self,
         recv: &mut Option<RecvMulti>,
@@ -145,8 +190,6 @@ impl Conn {
         }
         #[cfg(feature = "tls")]
         loop {
-            // Received into a buffer of its own, so that a cancelled call loses nothing: the
-            // bytes join the TLS state only once they are here.
             let mut fresh = Vec::new();
             let more = recv_append(recv, &self.stream, &mut fresh).await;
             let before = buf.len();
@@ -155,24 +198,15 @@ impl Conn {
                 let Some(s) = secure.as_mut() else {
                     return Ok(false);
                 };
-                if s.incoming.is_empty() {
-                    s.incoming = fresh;
+                let opened = s.open(fresh, buf);
+                let answer = if writer_runs {
+                    Vec::new()
                 } else {
-                    s.incoming.extend_from_slice(&fresh);
-                }
-                let opened = s.session.open(&mut s.incoming, buf, &mut s.out);
-                // An idle connection keeps no record-sized buffer.
-                if s.incoming.is_empty() {
-                    s.incoming = Vec::new();
-                }
-                let answer = if writer_runs || s.out.is_empty() {
-                    None
-                } else {
-                    Some(std::mem::take(&mut s.out))
+                    s.take_out()
                 };
                 (opened, answer)
             };
-            if let Some(answer) = answer {
+            if !answer.is_empty() {
                 self.stream.write_all(answer).await.0?;
             } else if writer_runs && self.tls_pending() {
                 self.wake_writer.notify();

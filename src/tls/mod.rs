@@ -54,32 +54,40 @@ impl TlsConfig {
                 .map_err(|e| tls_error(format_args!("cannot read {}: {e}", p.display())))
         };
         let (chain_pem, key_pem) = (read(chain)?, read(key)?);
-        Self::from_pem(&chain_pem, &key_pem).map_err(|e| match e {
-            Error::Tls(why) => tls_error(format_args!(
+        let named = |p: &Path, why: String| tls_error(format_args!("{}: {why}", p.display()));
+        let certs = parse_chain(&chain_pem).map_err(|why| named(chain, why))?;
+        let key_der = parse_key(&key_pem).map_err(|why| named(key, why))?;
+        Self::build(certs, key_der).map_err(|why| {
+            tls_error(format_args!(
                 "{why} ({} and {})",
-                chain.display(),
-                key.display()
-            )),
-            e => e,
+                key.display(),
+                chain.display()
+            ))
         })
     }
 
     /// As [`TlsConfig::from_pem_files`], from the PEM text itself.
     pub fn from_pem(chain: &[u8], key: &[u8]) -> Result<TlsConfig> {
-        let certs = CertificateDer::pem_slice_iter(chain)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| tls_error(format_args!("the certificate chain is not valid PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(tls_error("no certificate in the certificate chain file"));
-        }
-        let key = PrivateKeyDer::from_pem_slice(key)
-            .map_err(|e| tls_error(format_args!("no usable private key: {e}")))?;
+        let certs = parse_chain(chain).map_err(tls_error)?;
+        let key = parse_key(key).map_err(tls_error)?;
+        Self::build(certs, key).map_err(tls_error)
+    }
+
+    fn build(
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> std::result::Result<TlsConfig, String> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(tls_error)?
+            .map_err(|e| e.to_string())?
             .with_no_client_auth()
             .with_single_cert(certs, key)
-            .map_err(|e| tls_error(format_args!("the key does not fit the certificate: {e}")))?;
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => {
+                    "the key does not match the certificate".to_owned()
+                }
+                e => format!("the key or certificate cannot be used: {e}"),
+            })?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Self::from_rustls(Arc::new(config)))
     }
@@ -120,6 +128,29 @@ impl rustls::server::ResolvesServerCert for SniRecorder {
     }
 }
 
+fn parse_chain(pem: &[u8]) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("the certificate chain is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err(
+            "no certificate in it (PEM \"BEGIN CERTIFICATE\" blocks expected; \
+                    convert DER with `openssl x509 -inform der`)"
+                .into(),
+        );
+    }
+    Ok(certs)
+}
+
+fn parse_key(pem: &[u8]) -> std::result::Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => "no private key in it (PEM \"BEGIN \
+            PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\" expected)"
+            .to_owned(),
+        e => format!("the private key is not valid PEM: {e}"),
+    })
+}
+
 /// The client's TLS settings: the roots it trusts (webpki's Mozilla roots, plus any CA
 /// added). Cheap to clone.
 #[derive(Clone)]
@@ -147,21 +178,35 @@ impl TlsConnector {
     }
 
     fn with_roots(roots: rustls::RootCertStore) -> TlsConnector {
-        // The provider supports the safe default versions: building cannot fail.
-        let mut config = match rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-        {
-            Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
-            Err(e) => unreachable!("ring supports TLS 1.2 and 1.3: {e}"),
-        };
-        config.alpn_protocols = vec![ALPN.to_vec()];
-        TlsConnector {
-            client: Arc::new(config),
-        }
+        Self::build(roots, Vec::new()).unwrap_or_else(|e| unreachable!("{e}"))
     }
 
-    /// Trusts the certificates of the PEM file `ca` besides webpki's roots (a private CA, a
-    /// self-signed test server).
+    fn build(
+        roots: rustls::RootCertStore,
+        pinned: Vec<CertificateDer<'static>>,
+    ) -> Result<TlsConnector> {
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(tls_error)?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Verifier { webpki, pinned }))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(TlsConnector {
+            client: Arc::new(config),
+        })
+    }
+
+    /// Trusts the certificates of the PEM file `ca` besides webpki's roots: a private CA,
+    /// or a self-signed server certificate, which is then trusted as it is, for any name
+    /// (`openssl req -x509` makes certificates that are their own CA, which webpki would
+    /// otherwise refuse as a server's).
     pub fn with_ca_file(ca: impl AsRef<Path>) -> Result<TlsConnector> {
         let ca = ca.as_ref();
         let pem = std::fs::read(ca)
@@ -175,19 +220,19 @@ impl TlsConnector {
     /// As [`TlsConnector::with_ca_file`], from the PEM text.
     pub fn with_ca_pem(pem: &[u8]) -> Result<TlsConnector> {
         let mut roots = Self::webpki_roots();
-        let mut added = 0;
+        let mut pinned = Vec::new();
         for cert in CertificateDer::pem_slice_iter(pem) {
             let cert =
                 cert.map_err(|e| tls_error(format_args!("the CA file is not valid PEM: {e}")))?;
             roots
-                .add(cert)
+                .add(cert.clone())
                 .map_err(|e| tls_error(format_args!("unusable CA certificate: {e}")))?;
-            added += 1;
+            pinned.push(cert);
         }
-        if added == 0 {
+        if pinned.is_empty() {
             return Err(tls_error("no certificate in the CA file"));
         }
-        Ok(Self::with_roots(roots))
+        Self::build(roots, pinned)
     }
 
     /// A connector from a rustls `ClientConfig` of your own. Its ALPN list should offer
@@ -195,6 +240,93 @@ impl TlsConnector {
     pub fn from_rustls(config: Arc<rustls::ClientConfig>) -> TlsConnector {
         TlsConnector { client: config }
     }
+}
+
+/// webpki's verification, except that a server certificate given as a CA of its own
+/// (self-signed, often marked as a CA) is accepted as it is.
+#[derive(Debug)]
+struct Verifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(_)
+                if self
+                    .pinned
+                    .iter()
+                    .any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// A TLS error in words a user can act on: above all, why a server's certificate was not
+/// accepted.
+pub(crate) fn describe(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let cert = match e {
+        rustls::Error::InvalidCertificate(c) => c,
+        rustls::Error::AlertReceived(a) => {
+            return format!("the peer refused the handshake ({a:?})")
+        }
+        rustls::Error::NoApplicationProtocol => {
+            return "the peer speaks no ALPN protocol in common (http/1.1)".into()
+        }
+        e => return e.to_string(),
+    };
+    let why = match cert {
+        C::Expired | C::ExpiredContext { .. } => "it has expired",
+        C::NotValidYet | C::NotValidYetContext { .. } => "it is not valid yet",
+        C::UnknownIssuer => "it is not signed by a trusted CA (add the CA: --ca PEM)",
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "it is not for the name connected to"
+        }
+        C::Revoked => "it was revoked",
+        C::BadSignature => "its signature is invalid",
+        C::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => {
+            "it is a CA certificate, not a server's (a self-signed one: pass it with --ca PEM)"
+        }
+        _ => return format!("the server's certificate was refused: {cert:?}"),
+    };
+    format!("the server's certificate was refused: {why}")
 }
 
 /// One side of a TLS connection.
@@ -570,12 +702,20 @@ mod tests {
         let err = |r: Result<TlsConfig>| r.unwrap_err().to_string();
         assert!(
             err(TlsConfig::from_pem(cert.as_bytes(), other_key.as_bytes()))
-                .contains("does not fit")
+                .contains("does not match")
         );
         assert!(err(TlsConfig::from_pem(b"not pem", key.as_bytes())).contains("no certificate"));
-        assert!(err(TlsConfig::from_pem(cert.as_bytes(), b"")).contains("private key"));
+        assert!(err(TlsConfig::from_pem(cert.as_bytes(), b"")).contains("no private key"));
         let missing = TlsConfig::from_pem_files("/nonexistent/chain.pem", "/nonexistent/key.pem");
         assert!(err(missing).contains("/nonexistent/chain.pem"));
+        let dir = std::env::temp_dir().join(format!("uringws-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, k) = (dir.join("chain.pem"), dir.join("key.pem"));
+        std::fs::write(&c, &cert).unwrap();
+        std::fs::write(&k, &cert).unwrap(); // a certificate where the key should be
+        let e = err(TlsConfig::from_pem_files(&c, &k));
+        assert!(e.contains("key.pem: no private key"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
