@@ -1,3 +1,4 @@
+#![cfg(feature = "tls")]
 //! TLS over real sockets: the server and the client of this crate with a test CA (rcgen),
 //! messages of every size both ways, the server name, and what a client that does not speak
 //! TLS, or speaks it badly, gets.

@@ -16,7 +16,7 @@
 //! connections are subscribers that only read, and one more connection, the publisher, sends
 //! numbered text messages with at most `--pipeline` of them not yet received by every
 //! subscriber. Every subscriber checks each delivery (size, content, and that its sequence
-//! number follows the last one); the report counts deliveries. See [`Fanout`].
+//! number follows the last one); the report counts deliveries. See `Fanout`.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -77,9 +77,14 @@ const JOIN_POLL: Duration = Duration::from_millis(2);
 /// Arguments of `uringws load`.
 #[derive(clap::Args, Debug)]
 pub struct LoadArgs {
-    /// Server URL: `ws://host[:port][/path]` (`wss://` is not supported).
+    /// Server URL: `ws://host[:port][/path]`, or `wss://` (TLS, trusting webpki's roots and
+    /// --ca).
     #[arg(long)]
     pub url: String,
+    /// With wss://, also trust the certificates of this PEM file (a test CA, or the server's
+    /// self-signed certificate).
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
     /// Connections to open.
     #[arg(long, default_value_t = 100)]
     pub connections: usize,
@@ -142,7 +147,22 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
         hard_end: measure_end + DRAIN_TIMEOUT + close_timeout + Duration::from_millis(500),
         close_timeout,
     };
-    let plan = Arc::new(Plan::new(&args, target, sched));
+    #[cfg(feature = "tls")]
+    let tls = match (&args.ca, target.secure) {
+        (Some(ca), true) => {
+            Some(crate::tls::TlsConnector::with_ca_file(ca).map_err(|e| e.to_string())?)
+        }
+        (None, true) => Some(crate::tls::TlsConnector::default()),
+        (Some(_), false) => return Err("--ca is for wss:// URLs".into()),
+        (None, false) => None,
+    };
+    #[allow(unused_mut)]
+    let mut plan = Plan::new(&args, target, sched);
+    #[cfg(feature = "tls")]
+    {
+        plan.tls = tls;
+    }
+    let plan = Arc::new(plan);
     let shared = Arc::new(Shared::default());
 
     let mut handles = Vec::with_capacity(threads);
@@ -239,6 +259,10 @@ fn check_args(args: &LoadArgs) -> Result<(), String> {
 /// Where to connect and what to ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
+    /// `wss://`: over TLS.
+    secure: bool,
+    /// The host as named in the URL (for TLS: the server name).
+    name: String,
     /// The resolved address.
     addr: SocketAddr,
     /// The `Host` header: the URL's authority.
@@ -247,18 +271,17 @@ struct Target {
     path: String,
 }
 
-/// Parses `ws://host[:port][/path][?query]` and resolves the host.
+/// Parses `ws[s]://host[:port][/path][?query]` and resolves the host.
 fn parse_url(url: &str) -> Result<Target, String> {
     let lower = url.get(..6).unwrap_or(url).to_ascii_lowercase();
-    if lower.starts_with("wss://") {
-        return Err(format!(
-            "{url}: wss:// (TLS) is not supported by the load generator; use ws://"
-        ));
+    let secure = lower.starts_with("wss://");
+    if !secure && !lower.starts_with("ws://") {
+        return Err(format!("{url}: the URL must start with ws:// or wss://"));
     }
-    if !lower.starts_with("ws://") {
-        return Err(format!("{url}: the URL must start with ws://"));
+    if secure && !cfg!(feature = "tls") {
+        return Err(format!("{url}: wss:// needs uringws's `tls` feature"));
     }
-    let rest = &url[5..];
+    let rest = &url[if secure { 6 } else { 5 }..];
     let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
     let cut = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(cut);
@@ -283,14 +306,25 @@ fn parse_url(url: &str) -> Result<Target, String> {
     let with_port = if has_port {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if secure { 443 } else { 80 })
     };
+    let name = if has_port {
+        &authority[..authority.rfind(':').unwrap_or(authority.len())]
+    } else {
+        authority
+    };
+    let name = name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("{url}: cannot resolve {with_port}: {e}"))?
         .next()
         .ok_or_else(|| format!("{url}: {with_port} resolved to nothing"))?;
     Ok(Target {
+        secure,
+        name,
         addr,
         host: authority.to_owned(),
         path,
@@ -313,6 +347,9 @@ struct Schedule {
 /// What every connection sends, prepared once.
 struct Plan {
     target: Target,
+    /// With wss://: the client's TLS settings.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConnector>,
     sched: Schedule,
     size: usize,
     pipeline: usize,
@@ -381,6 +418,8 @@ impl Plan {
         };
         Plan {
             target,
+            #[cfg(feature = "tls")]
+            tls: None,
             sched,
             size: args.size,
             pipeline: args.pipeline,
@@ -679,9 +718,17 @@ fn thread_main(
     Ok(stats)
 }
 
+/// A wss:// connection's TLS state, and the receive it reads through.
+#[cfg(feature = "tls")]
+type LoadTls = (crate::conn::Secure, Option<crate::uring::RecvMulti>);
+
 /// A connection's state, shared by its reader, writer and controller tasks.
 struct Conn {
     stream: TcpStream,
+    /// With wss://: the TLS state, and the receive it reads through (records can arrive at
+    /// any time once the handshake is over, so the receive stays armed).
+    #[cfg(feature = "tls")]
+    tls: RefCell<Option<Box<LoadTls>>>,
     st: RefCell<State>,
     /// Wakes the writer when there is something to send (or it must stop).
     wake_writer: Notify,
@@ -743,9 +790,71 @@ impl Conn {
     fn new(stream: TcpStream, pipeline: usize) -> Conn {
         Conn {
             stream,
+            #[cfg(feature = "tls")]
+            tls: RefCell::new(None),
             st: RefCell::new(State::new(pipeline)),
             wake_writer: Notify::new(),
             progress: Notify::new(),
+        }
+    }
+
+    /// Writes all of `buf` (sealed on a TLS connection); gives the buffer back.
+    async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        #[cfg(feature = "tls")]
+        {
+            let sealed = self.tls.borrow_mut().as_mut().map(|t| t.0.seal(&buf));
+            match sealed {
+                Some(Ok(wire)) => return (self.stream.write_all(wire).await.0, buf),
+                Some(Err(e)) => return (Err(e), buf),
+                None => {}
+            }
+        }
+        self.stream.write_all(buf).await
+    }
+
+    /// Reads into `buf` from `at` (its length past that is ignored): the bytes received, or
+    /// on a TLS connection the plaintext of the records received; 0 at the end.
+    async fn read_at(&self, buf: Vec<u8>, at: usize) -> (std::io::Result<usize>, Vec<u8>) {
+        #[cfg(feature = "tls")]
+        if self.tls.borrow().is_some() {
+            return self.read_tls(buf, at).await;
+        }
+        self.stream.read_at(buf, at).await
+    }
+
+    #[cfg(feature = "tls")]
+    async fn read_tls(&self, mut buf: Vec<u8>, at: usize) -> (std::io::Result<usize>, Vec<u8>) {
+        buf.truncate(at);
+        loop {
+            let Some(mut recv) = self.tls.borrow_mut().as_mut().map(|t| t.1.take()) else {
+                return (Ok(0), buf);
+            };
+            let mut fresh = Vec::new();
+            let more = crate::uring::recv_append(&mut recv, &self.stream, &mut fresh).await;
+            let opened = {
+                let mut tls = self.tls.borrow_mut();
+                let Some(t) = tls.as_mut() else {
+                    return (Ok(0), buf);
+                };
+                t.1 = recv;
+                // Records to send in answer (a key update) go out with the next write.
+                t.0.open(fresh, &mut buf)
+            };
+            match opened {
+                Err(e) => {
+                    let e =
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("TLS: {e}"));
+                    return (Err(e), buf);
+                }
+                Ok(_) if buf.len() > at => return (Ok(buf.len() - at), buf),
+                Ok(o) if o.peer_closed => return (Ok(0), buf),
+                Ok(_) => {}
+            }
+            match more {
+                Ok(true) => {}
+                Ok(false) => return (Ok(0), buf),
+                Err(e) => return (Err(e), buf),
+            }
         }
     }
 
@@ -901,12 +1010,24 @@ async fn handshake(
         &mut request,
     )
     .map_err(|e| format!("handshake request: {e}"))?;
-    let (res, _) = conn.stream.write_all(request).await;
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &plan.tls {
+        let session =
+            crate::tls::Session::client(tls, &plan.target.name).map_err(|e| e.to_string())?;
+        let mut secure = crate::conn::Secure::new(session);
+        let mut recv = None;
+        secure
+            .handshake(&conn.stream, &mut recv)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        *conn.tls.borrow_mut() = Some(Box::new((secure, recv)));
+    }
+    let (res, _) = conn.write_all(request).await;
     res.map_err(|e| format!("handshake write: {e}"))?;
     let mut scanner = HeadScanner::new(MAX_RESPONSE_HEAD);
     let mut end = 0;
     loop {
-        let (res, back) = conn.stream.read_at(std::mem::take(buf), end).await;
+        let (res, back) = conn.read_at(std::mem::take(buf), end).await;
         *buf = back;
         match res {
             Ok(0) => return Err("the server closed the connection during the handshake".into()),
@@ -1049,7 +1170,7 @@ async fn writer(conn: Rc<Conn>, plan: Arc<Plan>, stamp: Option<Arc<Fanout>>) {
             Batch::Stop => break,
             Batch::Idle => conn.wake_writer.notified().await,
             Batch::Write => {
-                let (res, buf) = conn.stream.write_all(out).await;
+                let (res, buf) = conn.write_all(out).await;
                 out = buf;
                 if let Err(e) = res {
                     conn.fail(format!("write: {e}"));
@@ -1060,7 +1181,7 @@ async fn writer(conn: Rc<Conn>, plan: Arc<Plan>, stamp: Option<Arc<Fanout>>) {
                 // One data frame and nothing else: written from where it was masked, which
                 // spares copying it (a tenth of the generator's CPU at 64 KiB).
                 let frame = std::mem::take(&mut framer.frame);
-                let (res, frame) = conn.stream.write_all(frame).await;
+                let (res, frame) = conn.write_all(frame).await;
                 framer.frame = frame;
                 if let Err(e) = res {
                     conn.fail(format!("write: {e}"));
@@ -1319,7 +1440,7 @@ async fn reader(
             start = 0;
         }
         // `max_frame` keeps every frame within half the buffer, so there is always room.
-        let (res, back) = conn.stream.read_at(buf, end).await;
+        let (res, back) = conn.read_at(buf, end).await;
         buf = back;
         now = Instant::now();
         match res {
@@ -1775,7 +1896,7 @@ async fn subscriber_reader(
             end -= start;
             start = 0;
         }
-        let (res, back) = conn.stream.read_at(buf, end).await;
+        let (res, back) = conn.read_at(buf, end).await;
         buf = back;
         now = Instant::now();
         match res {
@@ -2090,9 +2211,13 @@ mod tests {
             (t.addr.port(), t.host.as_str(), t.path.as_str()),
             (9001, "[::1]:9001", "/?q")
         );
-        assert!(parse_url("wss://127.0.0.1/")
-            .unwrap_err()
-            .contains("not supported"));
+        let t = parse_url("wss://localhost:9443/x").unwrap();
+        assert_eq!(
+            (t.secure, t.name.as_str(), t.addr.port()),
+            (true, "localhost", 9443)
+        );
+        let t = parse_url("wss://[::1]/").unwrap();
+        assert_eq!((t.name.as_str(), t.addr.port()), ("::1", 443));
         assert!(parse_url("http://127.0.0.1/").is_err());
         assert!(parse_url("ws:///x").is_err());
     }
@@ -2192,6 +2317,7 @@ mod tests {
     #[test]
     fn the_publisher_numbers_its_messages() {
         let args = LoadArgs {
+            ca: None,
             url: String::new(),
             connections: 2,
             size: 40,
@@ -2258,6 +2384,7 @@ mod tests {
     fn args_clone(a: &LoadArgs) -> LoadArgs {
         LoadArgs {
             url: a.url.clone(),
+            ca: a.ca.clone(),
             compression: a.compression,
             ..*a
         }
@@ -2266,6 +2393,7 @@ mod tests {
     #[test]
     fn rekeying_keeps_the_payload() {
         let args = LoadArgs {
+            ca: None,
             url: String::new(),
             connections: 1,
             size: 300,

@@ -23,6 +23,8 @@ pub(crate) use close::{finish, linger};
 pub use info::ConnectionInfo;
 pub use receiver::Receiver;
 pub(crate) use receiver::{RxState, DIRECT_READ_MIN};
+#[cfg(feature = "tls")]
+pub(crate) use secure::Secure;
 pub use sender::Sender;
 pub(crate) use shared::{Conn, Offered};
 pub(crate) use timers::{Phase, Timeouts};

@@ -5,7 +5,9 @@
 use std::io;
 
 use crate::conn::shared::Conn;
-use crate::uring::{recv_append, RecvMulti, TcpStream};
+#[cfg(feature = "tls")]
+use crate::uring::TcpStream;
+use crate::uring::{recv_append, RecvMulti};
 
 /// The TLS state of one socket: the session, ciphertext received and not yet opened (a
 /// record cut by the read), and records the session must send that no write carried yet.
@@ -19,6 +21,7 @@ pub(crate) struct Secure {
 #[cfg(not(feature = "tls"))]
 pub(crate) enum Secure {}
 
+#[cfg(feature = "tls")]
 fn tls_failed(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
 }
@@ -188,6 +191,8 @@ impl Conn {
         if !self.is_tls() {
             return recv_append(recv, &self.stream, buf).await;
         }
+        #[cfg(not(feature = "tls"))]
+        let _ = writer_runs;
         #[cfg(feature = "tls")]
         loop {
             let mut fresh = Vec::new();

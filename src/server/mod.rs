@@ -367,7 +367,8 @@ pub struct Server {
 #[cfg(feature = "tls")]
 pub(crate) type TlsSettings = crate::tls::TlsConfig;
 #[cfg(not(feature = "tls"))]
-pub(crate) type TlsSettings = std::convert::Infallible;
+#[derive(Clone)]
+pub(crate) enum TlsSettings {}
 
 impl Server {
     /// A server for `addr` with the default [`Config`]. The address is resolved here (an
@@ -810,6 +811,7 @@ pub(crate) struct ThreadCtx {
     pub(crate) config: Arc<Config>,
     pub(crate) http: Option<Arc<HttpFn>>,
     pub(crate) check: Option<Arc<CheckFn>>,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) tls: Option<TlsSettings>,
     pub(crate) handler: Box<Handler>,
     pub(crate) buffers: Rc<BufferPool>,
