@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Run the Autobahn|Testsuite `fuzzingclient` against the uringws echo server.
 #
-# Usage: scripts/autobahn.sh [--install-only] [--client] [--cases 'PATTERN,...'] [--compression MODE]
-#                           [--server-cmd 'CMD with {port}']
+# Usage: scripts/autobahn.sh [--install-only] [--client] [--tls] [--cases 'PATTERN,...']
+#                           [--compression MODE] [--server-cmd 'CMD with {port}']
 #
 #   --client             test the client role instead: wstest runs as `fuzzingserver` and
 #                        examples/autobahn_client is the testee (summary:
 #                        scripts/autobahn-client-summary.txt)
+#   --tls                the server role over TLS: wstest connects to wss:// (Twisted with
+#                        pyOpenSSL), the server gets --tls-cert/--tls-key from
+#                        scripts/tls-certs.sh; work dir target/autobahn-tls, and a full run's
+#                        summary goes to scripts/autobahn-tls-summary.txt
 #   --install-only       install (or verify the cached install of) wstest and exit
 #   --cases LIST         comma-separated Autobahn case patterns (default: '*', i.e. all cases)
 #   --compression MODE   permessage-deflate mode of the testee: shared (default), dedicated,
@@ -58,6 +62,7 @@ usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0
 
 INSTALL_ONLY=0
 CLIENT=0
+TLS=0
 CASES='*'
 SERVER_CMD=''
 COMPRESSION=shared
@@ -65,6 +70,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --install-only) INSTALL_ONLY=1; shift ;;
         --client) CLIENT=1; shift ;;
+        --tls) TLS=1; shift ;;
         --cases) [[ $# -ge 2 ]] || die "--cases needs an argument"; CASES="$2"; shift 2 ;;
         --cases=*) CASES="${1#--cases=}"; shift ;;
         --server-cmd) [[ $# -ge 2 ]] || die "--server-cmd needs an argument"; SERVER_CMD="$2"; shift 2 ;;
@@ -237,6 +243,10 @@ TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 # One folder per role, so that both roles can run at once.
 WORK="$REPO_ROOT/target/autobahn"
 if [[ $CLIENT -eq 1 ]]; then WORK="$REPO_ROOT/target/autobahn-client"; fi
+if [[ $TLS -eq 1 ]]; then
+    [[ $CLIENT -eq 0 ]] || die "--tls is for the server role"
+    WORK="$REPO_ROOT/target/autobahn-tls"
+fi
 OUTDIR="$WORK/reports"
 SPEC="$WORK/spec.json"
 SERVER_LOG="$WORK/server.log"
@@ -248,6 +258,7 @@ summarize() {
     local summary
     if [[ "$CASES" == '*' && "$COMPRESSION" == shared ]]; then
         summary="$SCRIPT_DIR/$1"
+        [[ $TLS -eq 0 ]] || summary="$SCRIPT_DIR/autobahn-tls-summary.txt"
     else
         summary="$WORK/$2"
     fi
@@ -256,7 +267,9 @@ summarize() {
         return 1
     fi
     local status=0
-    UWS_AUTOBAHN_MODE="$3, compression $COMPRESSION" python3 "$SCRIPT_DIR/autobahn_summary.py" "$OUTDIR/index.json" "$summary" \
+    local mode="$3, compression $COMPRESSION"
+    [[ $TLS -eq 0 ]] || mode="$mode, over TLS"
+    UWS_AUTOBAHN_MODE="$mode" python3 "$SCRIPT_DIR/autobahn_summary.py" "$OUTDIR/index.json" "$summary" \
         || status=$?
     log "summary written to $summary; HTML report: $OUTDIR/index.html"
     return "$status"
@@ -318,20 +331,27 @@ if [[ -z "$SERVER_CMD" ]]; then
         cargo build --release --locked --bin uringws
     fi
     [[ -x "$TARGET_DIR/release/uringws" ]] || die "$TARGET_DIR/release/uringws not found (build it or drop UWS_NO_BUILD)"
+    if [[ $TLS -eq 1 ]]; then
+        certs="$REPO_ROOT/target/tls/certs"
+        "$SCRIPT_DIR/tls-certs.sh" "$certs" >&2
+        SERVER_CMD="$SERVER_CMD --tls-cert $certs/server-chain.pem --tls-key $certs/server-key.pem"
+    fi
 fi
+SCHEME=ws
+[[ $TLS -eq 0 ]] || SCHEME=wss
 
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 CMD="${SERVER_CMD//\{port\}/$PORT}"
 
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR"
-python3 - "$SPEC" "$OUTDIR" "$PORT" "$CASES" <<'PY'
+python3 - "$SPEC" "$OUTDIR" "$PORT" "$CASES" "$SCHEME" <<'PY'
 import json, sys
-spec_path, outdir, port, cases = sys.argv[1:]
+spec_path, outdir, port, cases, scheme = sys.argv[1:]
 patterns = [c.strip() for c in cases.split(",") if c.strip()] or ["*"]
 spec = {
     "outdir": outdir,
-    "servers": [{"agent": "uringws", "url": "ws://127.0.0.1:%s" % port}],
+    "servers": [{"agent": "uringws", "url": "%s://127.0.0.1:%s" % (scheme, port)}],
     "cases": patterns,
     "exclude-cases": [],
     "exclude-agent-cases": {},

@@ -11,6 +11,7 @@
 #   epoll-floor     FLOOR_DIR's epoll-floor: the same on plain epoll
 #   uringws-old     UWS_OLD (a uringws binary of another commit), for an A/B in the same run
 #   node-ws         Node's ws 8 (tests/interop/peer.mjs) with permessage-deflate, for DEFLATE runs
+#   fastwebsockets-tls  bench/peers: fastwebsockets-echo --tls-cert --tls-key (tokio-rustls), for TLS runs
 #
 # SERVERS picks and orders them (default: uringws fastwebsockets tungstenite raw, then floor
 # and epoll-floor when FLOOR_DIR has them built, then uringws-old when UWS_OLD is set).
@@ -31,6 +32,18 @@
 #                permessage-deflate (`load --text --json-payload --compression`); the table
 #                adds wire bytes per echo. Memory: idle connections that negotiated it, after
 #                the handshake and again after one 1 KiB compressed message each way.
+#   TLS=1        the TLS (wss://) run instead. Servers uringws (`echo --tls-cert --tls-key`) and
+#                fastwebsockets-tls (the same fastwebsockets server over tokio-rustls: the same
+#                rustls release as uringws, pinned in bench/peers/Cargo.toml, ring provider only,
+#                the same server config: rustls' default protocol versions, cipher suites and
+#                key exchange groups, ALPN http/1.1), both with scripts/tls-certs.sh's RSA 2048
+#                server-chain.pem and server-key.pem, made in target/tls/certs. Cases 100 x 1 KiB
+#                and 10 x 64 KiB, `load --url wss://... --ca ca.pem` (rustls, ring: both servers
+#                negotiate TLS 1.3 TLS13_AES_256_GCM_SHA384 with X25519 with it). The CPU
+#                columns compare with fastwebsockets-tls. Memory: idle wss:// connections
+#                (`idle-conns --ca`: a full TLS handshake each, no resumption, then the WebSocket
+#                handshake); the memory table names what the first of them negotiated, and
+#                fastwebsockets-tls's log what its first connection negotiated.
 #
 # Method
 # - Each run starts a fresh server on its own port, pinned with `taskset -c $SERVER_CPU`, and
@@ -101,6 +114,23 @@ if [ -n "${DEFLATE:-}" ]; then
   MEM_PASSES=("after the handshake|--extensions|$OFFER"
               "after one 1 KiB message each way|--extensions|$OFFER|--message|1024")
 fi
+# TLS runs: wss:// with the test CA's certificates (TLS_ARGS: the servers' extra arguments).
+SCHEME=ws
+TLS_ON=
+TLS_ARGS=()
+if [ -n "${TLS:-}" ] && [ "$TLS" != 0 ]; then
+  if [ -n "${DEFLATE:-}" ]; then
+    echo "compare.sh: TLS and DEFLATE are separate runs; set one of them" >&2; exit 1
+  fi
+  TLS_ON=1
+  [ -n "${SERVERS_SET:-}" ] || SERVERS=(uringws fastwebsockets-tls)
+  CERTS=$ROOT/target/tls/certs
+  SCHEME=wss
+  TLS_ARGS=(--tls-cert "$CERTS/server-chain.pem" --tls-key "$CERTS/server-key.pem")
+  UWS_EXTRA=("${TLS_ARGS[@]}")
+  LOAD_EXTRA=(--ca "$CERTS/ca.pem")
+  MEM_PASSES=("after the TLS and WebSocket handshakes|--ca|$CERTS/ca.pem")
+fi
 # name|connections|size|pipeline
 CASES=(
   "100 x 20 B|100|20|1"
@@ -113,6 +143,9 @@ CASES=(
 
 if [ -n "${DEFLATE:-}" ]; then
   CASES=("100 x 1 KiB JSON, deflate $DEFLATE, level $LEVEL|100|1024|1")
+fi
+if [ -n "$TLS_ON" ]; then
+  CASES=("100 x 1 KiB, TLS|100|1024|1" "10 x 64 KiB, TLS|10|65536|1")
 fi
 
 # CASE_FILTER: an extended regular expression; only the cases whose name matches run.
@@ -153,8 +186,16 @@ for s in "${SERVERS[@]}"; do
     floor) [ -x "$FLOOR_BIN/uring-floor" ] || die "$FLOOR_BIN/uring-floor is missing" ;;
     epoll-floor) [ -x "$FLOOR_BIN/epoll-floor" ] || die "$FLOOR_BIN/epoll-floor is missing" ;;
     uringws-old) [ -x "${UWS_OLD:-}" ] || die "UWS_OLD must name a uringws binary" ;;
+    fastwebsockets-tls) [ -n "$TLS_ON" ] || die "fastwebsockets-tls serves wss:// only: set TLS=1" ;;
+  esac
+  case $s in
+    uringws|uringws-old|fastwebsockets-tls) ;;
+    *) [ -z "$TLS_ON" ] || die "$s does not serve TLS (TLS=1 runs uringws, uringws-old, fastwebsockets-tls)" ;;
   esac
 done
+if [ -n "$TLS_ON" ]; then
+  "$ROOT/scripts/tls-certs.sh" "$CERTS" >&2 || die "cannot make the test certificates in $CERTS"
+fi
 
 mkdir -p "$OUT/logs"
 RUNS_JSONL=$OUT/runs.jsonl
@@ -177,9 +218,10 @@ start_server() {
   case $name in
     uringws)        cmd=("$UWS" echo "${UWS_EXTRA[@]}") ;;
     fastwebsockets) cmd=("$PEER_BIN/fastwebsockets-echo") ;;
+    fastwebsockets-tls) cmd=("$PEER_BIN/fastwebsockets-echo" "${TLS_ARGS[@]}") ;;
     tungstenite)    cmd=("$PEER_BIN/tungstenite-echo") ;;
     raw)            cmd=("$PEER_BIN/raw-echo") ;;
-    uringws-old)    cmd=("$UWS_OLD" echo) ;;
+    uringws-old)    cmd=("$UWS_OLD" echo "${TLS_ARGS[@]}") ;;
   esac
   # taskset execs the server, so $! is the server's own pid.
   case $name in
@@ -260,7 +302,7 @@ run_one() {
   dur_us=$(python3 -c "print(round($DURATION * 1e6))")
   c0=$(cpu_ticks "$SPID")
   t0=${EPOCHREALTIME/[.,]/}
-  taskset -c "$LOAD_CPU" "$UWS" load --url "ws://127.0.0.1:$PORT/" --connections "$conns" \
+  taskset -c "$LOAD_CPU" "$UWS" load --url "$SCHEME://127.0.0.1:$PORT/" --connections "$conns" \
     --size "$size" --pipeline "$pipeline" --duration "$DURATION" --warmup "$WARMUP" \
     --threads 1 --json "${LOAD_EXTRA[@]}" >"$OUT/logs/$tag.load.json" 2>"$OUT/logs/$tag.load.err" &
   local lpid=$!
@@ -345,6 +387,12 @@ mem_one() {
   exec {wfd}>&-
   wait "$icpid" 2>/dev/null || true
   stop_server
+  local negotiated=
+  if [ -n "$TLS_ON" ]; then
+    negotiated=$(sed -n 's/^idle-conns: first TLS connection: //p' \
+                   "$OUT/logs/mem-$server.client.err" | head -n 1)
+    echo "  memory $server: TLS ${negotiated:-(not seen)}" >&2
+  fi
   python3 - "$MEM_JSONL" <<EOF
 import json, sys
 ready = int("$ready" or 0)
@@ -352,6 +400,8 @@ after = max($after, $after2)
 rec = {"server": "$server", "pass": "$pass", "connections_asked": $MEM_CONNS, "connections_open": ready,
        "server_fds": $fds, "vmrss_before_kib": $before, "vmrss_after_kib": after,
        "kib_per_connection": ((after - $before) / ready) if ready else None}
+if "$TLS_ON":
+    rec["tls_negotiated"] = "$negotiated" or None
 open(sys.argv[1], "a").write(json.dumps(rec) + "\n")
 print(f"  memory {rec['server']:<15} {ready} open: {$before} -> {after} KiB,"
       f" {rec['kib_per_connection'] or 0:.2f} KiB/conn", file=sys.stderr)
@@ -382,9 +432,9 @@ T_END=$EPOCHREALTIME
 
 # Results, table and plot.
 python3 - "$OUT" "$T_START" "$T_END" "$(uname -r)" "$(nproc)" "$ROUNDS" "$DURATION" "$WARMUP" \
-  "$SERVER_CPU" "$LOAD_CPU" "${SERVERS[*]}" <<'EOF'
+  "$SERVER_CPU" "$LOAD_CPU" "${SERVERS[*]}" "$TLS_ON" <<'EOF'
 import json, statistics, sys
-out, t0, t1, kernel, ncpu, rounds, duration, warmup, scpu, lcpu, servers = sys.argv[1:]
+out, t0, t1, kernel, ncpu, rounds, duration, warmup, scpu, lcpu, servers, tls = sys.argv[1:]
 servers = servers.split()
 runs = [json.loads(l) for l in open(f"{out}/runs.jsonl")]
 mem = [json.loads(l) for l in open(f"{out}/memory.jsonl")]
@@ -424,6 +474,18 @@ for row in summary:
                       ("node-ws", "cpu_vs_node_ws")):
         other = find(row["case"], peer)
         row[key] = ratio(row["server_us_per_msg"], other and other["server_us_per_msg"])
+    if tls:
+        other = find(row["case"], "fastwebsockets-tls")
+        row["cpu_vs_fastwebsockets_tls"] = ratio(row["server_us_per_msg"],
+                                                 other and other["server_us_per_msg"])
+        row["msgs_per_sec_vs_fastwebsockets_tls"] = ratio(row["msgs_per_sec"],
+                                                          other and other["msgs_per_sec"])
+if tls:
+    base_mem = {m.get("pass"): m for m in mem if m["server"] == "fastwebsockets-tls"}
+    for m in mem:
+        other = base_mem.get(m.get("pass"))
+        m["kib_per_connection_vs_fastwebsockets_tls"] = ratio(
+            m["kib_per_connection"], other and other["kib_per_connection"])
 
 elapsed = float(t1) - float(t0)
 doc = {
@@ -439,6 +501,9 @@ doc = {
     "elapsed_s": round(elapsed, 1),
     "summary": summary, "memory": mem, "runs": runs,
 }
+if tls:
+    doc["method"]["tls"] = ("wss://: servers with scripts/tls-certs.sh's RSA 2048 chain and key, "
+                            "clients trusting its CA; rustls with the ring provider everywhere")
 json.dump(doc, open(f"{out}/results.json", "w"), indent=1)
 
 def f(v, fmt):
@@ -451,7 +516,22 @@ lines = [
     "| case | server | msgs/s | p99 µs | server µs/msg (user / sys) | CPU ÷ fastwebsockets | CPU ÷ floor | CPU ÷ node-ws | msgs/s ÷ uringws | wire bytes per echo | errors | other processes on server core |",
     "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
+if tls:
+    lines[0] = lines[0].replace("; kernel", "; wss:// (rustls, ring provider); kernel")
+    lines[2:] = [
+        "| case | server | msgs/s | p99 µs | server µs/msg (user / sys) | CPU ÷ fastwebsockets-tls | msgs/s ÷ fastwebsockets-tls | errors | other processes on server core |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
 for row in summary:
+    if tls:
+        lines.append(
+            f"| {row['case']} | {row['server']} | {f(row['msgs_per_sec'], ',.0f')} | "
+            f"{f(row['p99_us'], '.0f')} | {f(row['server_us_per_msg'], '.2f')} "
+            f"({f(row['server_user_us_per_msg'], '.2f')} / {f(row['server_sys_us_per_msg'], '.2f')}) | "
+            f"{f(row['cpu_vs_fastwebsockets_tls'], '.2f')} | "
+            f"{f(row['msgs_per_sec_vs_fastwebsockets_tls'], '.2f')} | {row['errors']} | "
+            f"{f(None if row['server_core_foreign_share'] is None else 100 * row['server_core_foreign_share'], '.0f')}% |")
+        continue
     lines.append(
         f"| {row['case']} | {row['server']} | {f(row['msgs_per_sec'], ',.0f')} | "
         f"{f(row['p99_us'], '.0f')} | {f(row['server_us_per_msg'], '.2f')} "
@@ -460,7 +540,15 @@ for row in summary:
         f"{f(row['cpu_vs_node_ws'], '.2f')} | {f(row['ratio_to_uringws'], '.2f')} | "
         f"{f(row['wire_bytes_per_msg'], '.0f')} | {row['errors']} | "
         f"{f(None if row['server_core_foreign_share'] is None else 100 * row['server_core_foreign_share'], '.0f')}% |")
-if mem:
+if mem and tls:
+    lines += ["", "Idle TLS connections after the TLS and WebSocket handshakes (server VmRSS growth):", "",
+              "| server | measured | connections open | RSS before KiB | RSS after KiB | KiB per connection | ÷ fastwebsockets-tls | negotiated (first connection) |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for m in mem:
+        lines.append(f"| {m['server']} | {m.get('pass', '')} | {m['connections_open']} | {m['vmrss_before_kib']} | "
+                     f"{m['vmrss_after_kib']} | {f(m['kib_per_connection'], '.2f')} | "
+                     f"{f(m['kib_per_connection_vs_fastwebsockets_tls'], '.2f')} | {m.get('tls_negotiated') or '-'} |")
+elif mem:
     lines += ["", f"Idle connections after the handshake (server VmRSS growth):", "",
               "| server | measured | connections open | RSS before KiB | RSS after KiB | KiB per connection |",
               "| --- | --- | ---: | ---: | ---: | ---: |"]
@@ -493,7 +581,7 @@ if command -v gnuplot >/dev/null; then
   gnuplot <<EOF
 set terminal pngcairo size 1100,600 noenhanced font ",10"
 set output "$OUT/msgs_per_sec.png"
-set title "Echo throughput, one server thread (median of $ROUNDS x ${DURATION} s; log scale)"
+set title "Echo throughput${TLS_ON:+ over TLS}, one server thread (median of $ROUNDS x ${DURATION} s; log scale)"
 set ylabel "messages per second"
 set logscale y
 set yrange [1000:*]

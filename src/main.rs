@@ -117,6 +117,10 @@ struct EchoArgs {
     /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 RSA or SEC1 EC).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Also answer `GET /healthz` in plain HTTP on this address (and nothing else there): a
+    /// health check for a TLS server that cannot speak TLS (the container's HEALTHCHECK).
+    #[arg(long)]
+    health_addr: Option<String>,
 }
 
 /// Parses a number of seconds: finite, zero or more, at most a year.
@@ -228,9 +232,28 @@ fn echo(args: EchoArgs) -> uringws::Result<()> {
         Ok(())
     })?;
     eprintln!("uringws echo listening on {}", running.local_addr());
-    running.shutdown_on(async {
+    let health = match &args.health_addr {
+        Some(addr) => {
+            let health = Server::bind(addr.as_str())?
+                .threads(1)
+                .http(|req| match req.path {
+                    "/healthz" => HttpResponse::text(200, "ok\n"),
+                    _ => HttpResponse::text(404, "only /healthz here\n"),
+                })
+                .check(|_| Err(HttpResponse::text(404, "only /healthz here\n")))
+                .start(|_ws: uringws::WebSocket| async { Ok(()) })?;
+            eprintln!("uringws echo health checks on {}", health.local_addr());
+            Some(health)
+        }
+        None => None,
+    };
+    let stopped = running.shutdown_on(async {
         uringws::shutdown_signal().await;
         // Not eprintln!, which panics when stderr is gone (a closed pipe).
         let _ = writeln!(std::io::stderr(), "uringws: shutting down");
-    })
+    });
+    if let Some(health) = health {
+        health.shutdown()?;
+    }
+    stopped
 }

@@ -156,3 +156,101 @@ fn a_failed_load_run_says_how_many_connections_opened() {
     assert!(err.contains("refused"), "{err}");
     assert!(!err.contains("I/O error"), "{err}");
 }
+
+/// `uringws echo --tls-cert --tls-key --health-addr`: echoes over wss:// (checked with this
+/// crate's client trusting the certificate), answers the plain health check on the other
+/// port, and refuses certificate files that cannot work with one line naming the file.
+#[test]
+fn echo_serves_tls_with_a_plain_health_check() {
+    if !common::uring_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("uringws-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, id.cert.pem()).unwrap();
+    std::fs::write(&key, id.signing_key.serialize_pem()).unwrap();
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+    refused(
+        &[
+            "echo",
+            "--addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert_s,
+            "--tls-key",
+            cert_s,
+        ],
+        &[cert_s, "no private key"],
+    );
+    refused(
+        &[
+            "echo",
+            "--addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--tls-key",
+            key_s,
+        ],
+        &["cannot read /nonexistent.pem"],
+    );
+
+    let health = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let health_addr = health.local_addr().unwrap().to_string();
+    drop(health);
+    let mut server = Command::new(BIN)
+        .args(["echo", "--addr", "127.0.0.1:0", "--threads", "1"])
+        .args([
+            "--tls-cert",
+            cert_s,
+            "--tls-key",
+            key_s,
+            "--health-addr",
+            &health_addr,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    line.clear();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("health checks on"), "{line}");
+
+    let ok = common::http_exchange(
+        health_addr.parse().unwrap(),
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(ok.status, 200);
+    let connector = uringws::client::Connector::new()
+        .tls(uringws::tls::TlsConnector::with_ca_file(&cert).unwrap());
+    let echoed = uringws::client::block_on(async move {
+        let (mut rx, tx) = connector
+            .connect(&format!("wss://localhost:{port}/"))
+            .await?
+            .split();
+        tx.send_text("over TLS").await?;
+        let got = rx.recv_owned().await?;
+        tx.close(uringws::CloseCode::NORMAL, "")?;
+        while rx.recv_owned().await?.is_some() {}
+        Ok::<_, uringws::Error>(got)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(echoed, Some(uringws::OwnedMessage::Text("over TLS".into())));
+
+    // SAFETY: kill(2) with a pid this test spawned and a valid signal number.
+    assert_eq!(unsafe { libc::kill(server.id() as i32, libc::SIGTERM) }, 0);
+    assert!(server.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
