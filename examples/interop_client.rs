@@ -1,5 +1,7 @@
 //! Echo check against another implementation's server (scripts/interop.sh runs it against
-//! Python `websockets` and Node `ws`): `interop_client URL COMPRESSION` connects offering
+//! Python `websockets` and Node `ws`, scripts/tls-interop.sh the same over TLS):
+//! `interop_client URL COMPRESSION [--ca PEM]` connects (trusting the CA of PEM for wss://)
+//! offering
 //! permessage-deflate (`off`, `shared`, `dedicated[:BITS]`), prints the extensions the server
 //! agreed, sends 1 MiB of JSON text, 1 MiB of random bytes and small messages, and checks
 //! every echo. Exits 1 with one line on any difference.
@@ -20,12 +22,13 @@ fn messages() -> Vec<OwnedMessage> {
     v
 }
 
-async fn check(url: &str, compression: Compression) -> Result<String, String> {
-    let ws = Connector::new()
-        .compression(compression)
-        .connect(url)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn check(url: &str, compression: Compression, ca: Option<String>) -> Result<String, String> {
+    let mut connector = Connector::new().compression(compression);
+    if let Some(ca) = ca {
+        let tls = uringws::tls::TlsConnector::with_ca_file(ca).map_err(|e| e.to_string())?;
+        connector = connector.tls(tls);
+    }
+    let ws = connector.connect(url).await.map_err(|e| e.to_string())?;
     let agreed = ws
         .info()
         .extensions
@@ -57,10 +60,14 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let url = args.next().unwrap_or_else(|| "ws://127.0.0.1:9001/".into());
     let mode = args.next().unwrap_or_else(|| "shared".into());
+    let ca = match (args.next().as_deref(), args.next()) {
+        (Some("--ca"), Some(pem)) => Some(pem),
+        _ => None,
+    };
     let result = mode
         .parse()
         .map_err(|e: String| e)
-        .and_then(|c| client::block_on(check(&url, c)).map_err(|e| e.to_string())?);
+        .and_then(|c| client::block_on(check(&url, c, ca)).map_err(|e| e.to_string())?);
     match result {
         Ok(line) => println!("{line}"),
         Err(e) => {

@@ -20,6 +20,9 @@
 #   e. Certificate errors at start-up: a key that does not match the certificate, files that
 #      are not PEM, missing files, a key file with no key: exit status non-zero, exactly one
 #      line on stderr naming the file or the cause, no panic.
+#   f. uringws's client (examples/interop_client, trusting only the test CA) against Python
+#      websockets and Node ws (https.createServer) TLS servers: 1 MiB JSON, 1 MiB binary, small
+#      messages, with and without permessage-deflate; without the CA it refuses the server.
 # Prints one `ok - ...` / `not ok - ...` (or `skip - ...`) line per check and a final
 # `tls-interop: N passed, N failed[, N skipped]`; exits non-zero on any failure.
 #
@@ -281,6 +284,59 @@ if start_server expired "$CERTS/expired-chain.pem" "$CERTS/expired-key.pem"; the
     stop_server
 else
     log "(a server may refuse an expired certificate at start-up: see the line above)"
+fi
+
+# --- f. uringws's client against Python websockets and Node ws TLS servers -----------------------
+# examples/interop_client: 1 MiB of JSON, 1 MiB of random bytes, an empty and 50 small messages,
+# every echo checked, trusting only the test CA; with and without permessage-deflate.
+CLIENT_BIN="$TARGET_DIR/release/examples/interop_client"
+if [[ $STANDIN == 1 ]]; then
+    skip "f uringws's client against TLS servers"
+elif [[ ! -x "$CLIENT_BIN" ]]; then
+    not_ok "f $CLIENT_BIN is missing (cargo build --release --examples)"
+else
+    peer_server() { # NAME CMD...: starts a peer TLS server (CMD names its port), waits for "listening on"
+        local name=$1 logf="$LOGS/peer-$1.log"
+        shift
+        : >"$logf"
+        "$@" >"$logf" 2>&1 &
+        SERVER_PID=$!
+        PIDS+=("$SERVER_PID")
+        for _ in $(seq 150); do
+            grep -q "listening on" "$logf" && return 0
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        not_ok "f $name TLS server starts: $(tail -n 2 "$logf" | tr '\n' ' ')"
+        return 1
+    }
+    PY_PORT=$(free_port)
+    if peer_server python "${TLS_PY[@]}" serve --addr "127.0.0.1:$PY_PORT" --tls-cert "$CERTS/server-chain.pem" --tls-key "$CERTS/server-key.pem"; then
+        run "f1 uringws client against Python websockets over TLS (wss://localhost)" \
+            "$CLIENT_BIN" "wss://localhost:$PY_PORT/" off --ca "$CA"
+        run "f2 uringws client against Python websockets over TLS (wss://127.0.0.1)" \
+            "$CLIENT_BIN" "wss://127.0.0.1:$PY_PORT/" off --ca "$CA"
+        stop_server
+    fi
+    NODE_PORT=$(free_port)
+    if peer_server node node "$PEERS/tls_server.mjs" "127.0.0.1:$NODE_PORT" "$CERTS/server-chain.pem" "$CERTS/server-key.pem"; then
+        run "f3 uringws client against Node ws (https.createServer)" \
+            "$CLIENT_BIN" "wss://localhost:$NODE_PORT/" off --ca "$CA"
+        run "f4 uringws client against Node ws over TLS, permessage-deflate" \
+            "$CLIENT_BIN" "wss://localhost:$NODE_PORT/" dedicated --ca "$CA"
+        stop_server
+    fi
+    # An untrusted server: the client refuses it with one line naming the cause.
+    NODE_PORT=$(free_port)
+    if peer_server node-untrusted node "$PEERS/tls_server.mjs" "127.0.0.1:$NODE_PORT" "$CERTS/server-chain.pem" "$CERTS/server-key.pem"; then
+        out="$(timeout 20 "$CLIENT_BIN" "wss://localhost:$NODE_PORT/" off 2>&1)" && st=0 || st=$?
+        if [[ $st -ne 0 ]] && grep -q "not signed by a trusted CA" <<<"$out"; then
+            ok "f5 without --ca the client refuses the test CA's server: $out"
+        else
+            not_ok "f5 without --ca the client refuses the test CA's server (exit $st): $out"
+        fi
+        stop_server
+    fi
 fi
 
 # --- e. certificate errors at start-up -----------------------------------------------------------
