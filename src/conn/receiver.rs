@@ -268,7 +268,9 @@ impl RxState {
         let ReadBuf::Heap(buf) = &mut self.buf else {
             unreachable!("set above")
         };
-        let res = conn.recv_plain(&mut self.recv, buf, true).await;
+        let res = conn
+            .recv_plain_into(&mut self.recv, buf, true, Some(&self.pool))
+            .await;
         self.end = buf.len();
         match res {
             Ok(true) => {

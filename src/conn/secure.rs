@@ -188,15 +188,34 @@ impl Conn {
         buf: &mut Vec<u8>,
         writer_runs: bool,
     ) -> io::Result<bool> {
+        self.recv_plain_into(recv, buf, writer_runs, None).await
+    }
+
+    /// [`Conn::recv_plain`], where an empty `buf` without room is replaced, once bytes have
+    /// arrived, by a buffer of the thread's pool (so that a waiting connection holds none,
+    /// and a message does not grow one from nothing).
+    pub(crate) async fn recv_plain_into(
+        &self,
+        recv: &mut Option<RecvMulti>,
+        buf: &mut Vec<u8>,
+        writer_runs: bool,
+        pool: Option<&crate::conn::buffers::BufferPool>,
+    ) -> io::Result<bool> {
         if !self.is_tls() {
             return recv_append(recv, &self.stream, buf).await;
         }
         #[cfg(not(feature = "tls"))]
-        let _ = writer_runs;
+        let _ = (writer_runs, pool);
         #[cfg(feature = "tls")]
         loop {
             let mut fresh = Vec::new();
             let more = recv_append(recv, &self.stream, &mut fresh).await;
+            if let (Some(pool), 0) = (pool, buf.capacity()) {
+                if let crate::conn::buffers::ReadBuf::Heap(mut v) = pool.checkout() {
+                    v.clear();
+                    *buf = v;
+                }
+            }
             let before = buf.len();
             let (opened, answer) = {
                 let mut secure = self.secure.borrow_mut();
