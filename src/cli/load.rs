@@ -829,8 +829,12 @@ impl Conn {
             let Some(mut recv) = self.tls.borrow_mut().as_mut().map(|t| t.1.take()) else {
                 return (Ok(0), buf);
             };
-            let mut fresh = Vec::new();
-            let more = crate::uring::recv_append(&mut recv, &self.stream, &mut fresh).await;
+            let received = crate::uring::recv_next(&mut recv, &self.stream).await;
+            let (fresh, more) = match received {
+                Ok(Some(chunk)) => (chunk, true),
+                Ok(None) => (crate::uring::Chunk::Heap(Vec::new()), false),
+                Err(e) => return (Err(e), buf),
+            };
             let opened = {
                 let mut tls = self.tls.borrow_mut();
                 let Some(t) = tls.as_mut() else {
@@ -847,13 +851,8 @@ impl Conn {
                     return (Err(e), buf);
                 }
                 Ok(_) if buf.len() > at => return (Ok(buf.len() - at), buf),
-                Ok(o) if o.peer_closed => return (Ok(0), buf),
+                Ok(o) if o.peer_closed || !more => return (Ok(0), buf),
                 Ok(_) => {}
-            }
-            match more {
-                Ok(true) => {}
-                Ok(false) => return (Ok(0), buf),
-                Err(e) => return (Err(e), buf),
             }
         }
     }

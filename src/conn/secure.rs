@@ -5,9 +5,9 @@
 use std::io;
 
 use crate::conn::shared::Conn;
-#[cfg(feature = "tls")]
-use crate::uring::TcpStream;
 use crate::uring::{recv_append, RecvMulti};
+#[cfg(feature = "tls")]
+use crate::uring::{recv_next, Chunk, TcpStream};
 
 /// The TLS state of one socket: the session, ciphertext received and not yet opened (a
 /// record cut by the read), and records the session must send that no write carried yet.
@@ -43,18 +43,24 @@ impl Secure {
         Ok(wire)
     }
 
-    /// Opens `fresh` ciphertext (behind what was left of the last read): the plaintext is
-    /// appended to `plain`; the records the session must send in answer stay in `self.out`.
+    /// Opens the ciphertext `data` received (behind what was left of the last read): the
+    /// plaintext is appended to `plain`; the records the session must send in answer stay in
+    /// `self.out`. Records that lie whole in `data` are decrypted where they lie (a ring
+    /// buffer, usually); only the start of a record cut by the read is kept.
     pub(crate) fn open(
         &mut self,
-        fresh: Vec<u8>,
+        mut data: Chunk,
         plain: &mut Vec<u8>,
     ) -> std::result::Result<crate::tls::Opened, rustls::Error> {
         if self.incoming.is_empty() {
-            self.incoming = fresh;
-        } else {
-            self.incoming.extend_from_slice(&fresh);
+            let (consumed, opened) = self.session.open_slice(&mut data, plain, &mut self.out);
+            if opened.is_ok() && consumed < data.len() {
+                self.incoming.extend_from_slice(&data[consumed..]);
+            }
+            return opened;
         }
+        self.incoming.extend_from_slice(&data);
+        drop(data);
         let opened = self.session.open(&mut self.incoming, plain, &mut self.out);
         // An idle connection keeps no record-sized buffer.
         if self.incoming.is_empty() {
@@ -78,9 +84,9 @@ impl Secure {
         recv: &mut Option<RecvMulti>,
     ) -> crate::Result<()> {
         let mut plain = Vec::new();
-        let mut fresh = Vec::new();
+        let mut fresh = Chunk::Heap(Vec::new());
         loop {
-            let opened = self.open(std::mem::take(&mut fresh), &mut plain);
+            let opened = self.open(fresh, &mut plain);
             let answer = self.take_out();
             if !answer.is_empty() {
                 stream.write_all(answer).await.0?;
@@ -89,12 +95,12 @@ impl Secure {
             if !opened.handshaking {
                 return Ok(());
             }
-            if !recv_append(recv, stream, &mut fresh).await? {
-                return Err(crate::Error::Io(io::Error::new(
+            fresh = recv_next(recv, stream).await?.ok_or_else(|| {
+                crate::Error::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the peer closed the connection during the TLS handshake",
-                )));
-            }
+                ))
+            })?;
         }
     }
 }
@@ -136,10 +142,29 @@ impl Conn {
     /// plain connection.
     pub(crate) fn seal(&self, plain: Vec<u8>) -> io::Result<Vec<u8>> {
         #[cfg(feature = "tls")]
-        if let Some(s) = self.secure.borrow_mut().as_mut() {
-            return s.seal(&plain);
+        if self.is_tls() {
+            let wire = self.seal_slice(&plain);
+            super::writer::keep_spare(self, plain);
+            return wire;
         }
         Ok(plain)
+    }
+
+    /// The records that carry `plain` on a TLS connection, in a buffer of the thread's pool
+    /// when a large one is spare (give it back with `pool.put_large` once written).
+    #[cfg(feature = "tls")]
+    pub(crate) fn seal_slice(&self, plain: &[u8]) -> io::Result<Vec<u8>> {
+        let mut secure = self.secure.borrow_mut();
+        let Some(s) = secure.as_mut() else {
+            return Ok(plain.to_vec());
+        };
+        if s.out.capacity() == 0 && plain.len() >= crate::conn::buffers::LARGE_MIN {
+            if let Some(mut v) = self.pool.take_large(plain.len() + plain.len() / 256 + 64) {
+                v.clear();
+                s.out = v;
+            }
+        }
+        s.seal(plain)
     }
 
     /// Records the session has waiting (an answer to the peer's key update): the writer sends
@@ -208,8 +233,10 @@ impl Conn {
         let _ = (writer_runs, pool);
         #[cfg(feature = "tls")]
         loop {
-            let mut fresh = Vec::new();
-            let more = recv_append(recv, &self.stream, &mut fresh).await;
+            let (fresh, more) = match recv_next(recv, &self.stream).await? {
+                Some(chunk) => (chunk, true),
+                None => (Chunk::Heap(Vec::new()), false),
+            };
             if let (Some(pool), 0) = (pool, buf.capacity()) {
                 if let crate::conn::buffers::ReadBuf::Heap(mut v) = pool.checkout() {
                     v.clear();
@@ -239,7 +266,7 @@ impl Conn {
             if buf.len() > before {
                 return Ok(true);
             }
-            if opened.peer_closed || !more? {
+            if opened.peer_closed || !more {
                 return Ok(false);
             }
         }

@@ -109,7 +109,12 @@ async fn write_sealed(conn: &Conn) -> bool {
         plain
     };
     let res = match conn.seal(plain) {
-        Ok(wire) => conn.stream.write_all(wire).await.0,
+        Ok(wire) => {
+            let (res, wire) = conn.stream.write_all(wire).await;
+            // A large sealed batch's buffer serves the next one (and other connections').
+            conn.pool.put_large(wire);
+            res
+        }
         Err(e) => Err(e),
     };
     finish_write(conn, res)

@@ -405,30 +405,45 @@ impl Session {
         plain: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> std::result::Result<Opened, rustls::Error> {
+        let (consumed, opened) = self.open_slice(incoming, plain, out);
+        incoming.drain(..consumed);
+        opened
+    }
+
+    /// As [`Session::open`], over records that lie in `data` (decrypted there): returns how
+    /// many bytes of it were consumed (the rest is the start of a record cut by the read).
+    pub(crate) fn open_slice(
+        &mut self,
+        data: &mut [u8],
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> (usize, std::result::Result<Opened, rustls::Error>) {
         let mut opened = Opened::default();
         let hello = matches!(self, Session::Server(c, None) if c.is_handshaking());
         if hello {
             SNI.with(|s| s.borrow_mut().take());
         }
-        let result = self.open_records(incoming, plain, out, &mut opened);
+        let mut consumed = 0;
+        let result = self.open_records(data, &mut consumed, plain, out, &mut opened);
         if let (true, Session::Server(_, sni @ None)) = (hello, &mut *self) {
             *sni = SNI.with(|s| s.borrow_mut().take());
         }
-        result.map(|()| opened)
+        (consumed, result.map(|()| opened))
     }
 
     fn open_records(
         &mut self,
-        incoming: &mut Vec<u8>,
+        data: &mut [u8],
+        consumed: &mut usize,
         plain: &mut Vec<u8>,
         out: &mut Vec<u8>,
         opened: &mut Opened,
     ) -> std::result::Result<(), rustls::Error> {
         loop {
-            let (discard, step) = with_state!(self, &mut incoming[..], |status| {
+            let (discard, step) = with_state!(self, &mut data[*consumed..], |status| {
                 step(status, plain, out)
             });
-            incoming.drain(..discard);
+            *consumed += discard;
             match step? {
                 Step::Again => {}
                 Step::Blocked { handshaking } => {

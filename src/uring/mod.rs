@@ -22,7 +22,7 @@ use tokio::io::Interest;
 
 pub(crate) use bufring::RecvBuf;
 pub(crate) use driver::{Completion, RingConfig};
-pub(crate) use net::{received, recv_append, sent, TcpStream};
+pub(crate) use net::{received, recv_append, recv_next, sent, Chunk, TcpStream};
 pub(crate) use ops::{AcceptMulti, Op, Received, RecvMulti};
 
 use driver::{Driver, Handle};

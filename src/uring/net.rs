@@ -2,6 +2,7 @@
 //! buffers, a vectored send of shared payloads, connect, and a close that goes through the ring
 //! behind any submission still queued for the descriptor.
 
+use super::bufring::RecvBuf;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -196,6 +197,57 @@ impl Drop for TcpStream {
             // SAFETY: the push failed, so the descriptor is still ours to close.
             drop(unsafe { OwnedFd::from_raw_fd(raw) });
         }
+    }
+}
+
+/// What [`recv_next`] received: a ring buffer the kernel filled, or (when the ring ran dry) a
+/// heap buffer of one single-shot read.
+pub(crate) enum Chunk {
+    Ring(RecvBuf),
+    Heap(Vec<u8>),
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Ring(b) => b,
+            Chunk::Heap(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Chunk {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Chunk::Ring(b) => b,
+            Chunk::Heap(v) => v,
+        }
+    }
+}
+
+/// Waits for the next delivery of the multishot receive `recv` (armed, or re-armed after it
+/// ended, on `stream`); `None` at EOF. Cancellation safe: nothing is taken from the caller,
+/// and what arrives after a cancelled call waits in the driver.
+pub(crate) async fn recv_next(
+    recv: &mut Option<RecvMulti>,
+    stream: &TcpStream,
+) -> io::Result<Option<Chunk>> {
+    let r = match recv {
+        Some(r) => r,
+        None => recv.insert(stream.recv_multi()?),
+    };
+    match r.recv().await {
+        Received::Data(b) => Ok(Some(Chunk::Ring(b))),
+        Received::Eof => Ok(None),
+        Received::Rearm => {
+            // As in `recv_append`: one single-shot read instead of re-arming into the
+            // shortage; the next call re-arms.
+            *recv = None;
+            let (res, v) = stream.read(Vec::with_capacity(16 << 10)).await;
+            Ok((res? > 0).then_some(Chunk::Heap(v)))
+        }
+        Received::Err(e) => Err(e),
     }
 }
 
