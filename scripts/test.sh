@@ -9,7 +9,7 @@
 #   5. the hello-world client against the hello-world server, its output checked;
 #   6. the real-browser tests in headless Chromium (echo; the chat on two processes and Redis);
 #   7. TLS (scripts/tls-interop.sh): Python websockets, Node ws and Chromium over wss://,
-#      hostile TLS peers, certificate errors at start-up;
+#      hostile TLS peers, certificate errors at start-up; Autobahn's fast groups over wss://;
 #   8. the container image built from the Dockerfile and checked under podman.
 # Each step installs what it needs on a fresh Debian machine. The first failure stops the run.
 # The last line is a summary of every step: ok, FAILED or not run.
@@ -105,6 +105,9 @@ passed
 
 step "tls" "TLS: Python websockets, Node ws and Chromium over wss://, hostile TLS peers, certificate errors"
 UWS_NO_BUILD=1 scripts/tls-interop.sh
+# Autobahn|Testsuite over wss:// on the groups that run fast (the full run, 9.* and the
+# compression groups included, took 28 min here: scripts/autobahn-tls-summary.txt).
+UWS_NO_BUILD=1 scripts/autobahn.sh --tls --cases '1.*,2.*,3.*,4.*,5.*,6.*,7.*,10.*'
 passed
 
 step "container" "container image (podman, with and without the io_uring seccomp profile)"
