@@ -11,9 +11,20 @@
 //! connection as a compressed frame (RSV1; the payload is a stored deflate block, which any
 //! permessage-deflate receiver inflates) and waits for one frame back, so that both sides'
 //! compression state exists when memory is measured. Without it no frame is ever sent.
+//!
+//! `--ca CA.pem` makes them wss:// connections: a full TLS handshake each (rustls, ring
+//! provider, the server's IP address as its name, trusting CA.pem only, ALPN `http/1.1`, no
+//! session resumption), then the same WebSocket handshake inside it. Once the 101 has been read
+//! the client drops its TLS state and keeps only the socket (the server's side stays as it is),
+//! so that 10,000 connections cost this process little. The first connection's negotiated
+//! protocol version, cipher suite, key exchange group and ALPN protocol go to stderr.
+//!
+//! Raises its soft limit of open files to the hard limit (one descriptor per connection).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -26,6 +37,7 @@ fn main() {
     let mut count = 10_000usize;
     let mut hold = 60.0f64;
     let mut opts = Opts::default();
+    let mut ca: Option<PathBuf> = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let v = it.next();
@@ -35,16 +47,19 @@ fn main() {
             ("--hold", Some(v)) => hold = v.parse().expect("bad --hold"),
             ("--extensions", Some(v)) => opts.extensions = Some(v),
             ("--message", Some(v)) => opts.message = v.parse().expect("bad --message"),
+            ("--ca", Some(v)) => ca = Some(v.into()),
             _ => {
                 eprintln!(
                     "usage: idle-conns --addr IP:PORT --count N [--hold SECS] \
-                     [--extensions VALUE] [--message BYTES]"
+                     [--extensions VALUE] [--message BYTES] [--ca CA.pem]"
                 );
                 std::process::exit(2);
             }
         }
     }
     let addr = addr.expect("--addr IP:PORT is required");
+    raise_fd_limit(count);
+    opts.tls = ca.map(|ca| tls_client_config(&ca));
     let started = Instant::now();
     let mut conns = Vec::with_capacity(count);
     let mut failed = 0usize;
@@ -87,18 +102,102 @@ struct Opts {
     extensions: Option<String>,
     /// Bytes of the one compressed text message to send (0: none).
     message: usize,
+    /// wss://: the TLS client config (`--ca`).
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard one; warns when `count` connections will not fit.
+fn raise_fd_limit(count: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    if (lim.rlim_cur as u128) < count as u128 + 16 {
+        eprintln!(
+            "idle-conns: warning: {count} connections need about {} descriptors; the limit is {}",
+            count + 16,
+            lim.rlim_cur
+        );
+    }
+}
+
+/// The TLS client config: ring provider, CA.pem the only trust anchor(s), ALPN http/1.1, no
+/// resumption (every connection makes a full handshake).
+fn tls_client_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let fail = |why: String| -> ! {
+        eprintln!("idle-conns: {}: {why}", ca.display());
+        std::process::exit(2)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .unwrap_or_else(|e| fail(e.to_string()));
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        fail("no usable CA certificate".into());
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap_or_else(|e| fail(e.to_string()))
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
 }
 
 fn open(addr: SocketAddr, n: u64, opts: &Opts) -> std::io::Result<TcpStream> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    match &opts.tls {
+        None => handshake(&mut s, addr, n, opts)?,
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let mut conn = rustls::ClientConnection::new(config.clone(), name)
+                .map_err(std::io::Error::other)?;
+            handshake(&mut rustls::Stream::new(&mut conn, &mut s), addr, n, opts)?;
+            if n == 0 {
+                eprintln!(
+                    "idle-conns: first TLS connection: {}",
+                    uringws_bench_peers::tls_summary(&conn)
+                );
+            }
+            // `conn` (the client's TLS state) is dropped here; the socket stays open.
+        }
+    }
+    s.set_read_timeout(None)?;
+    Ok(s)
+}
+
+/// The WebSocket opening handshake (and `--message`) over `s`.
+fn handshake<S: Read + Write>(
+    s: &mut S,
+    addr: SocketAddr,
+    n: u64,
+    opts: &Opts,
+) -> std::io::Result<()> {
     // A distinct 16-byte key per connection, base64-encoded.
-    let raw: [u8; 16] = std::array::from_fn(|i| (n.rotate_left(i as u32 * 5) as u8) ^ (i as u8 * 37));
+    let raw: [u8; 16] =
+        std::array::from_fn(|i| (n.rotate_left(i as u32 * 5) as u8) ^ (i as u8 * 37));
     let key = base64::engine::general_purpose::STANDARD.encode(raw);
-    let ext = opts
-        .extensions
-        .as_ref()
-        .map_or(String::new(), |e| format!("Sec-WebSocket-Extensions: {e}\r\n"));
+    let ext = opts.extensions.as_ref().map_or(String::new(), |e| {
+        format!("Sec-WebSocket-Extensions: {e}\r\n")
+    });
     let req = format!(
         "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
@@ -130,7 +229,9 @@ fn open(addr: SocketAddr, n: u64, opts: &Opts) -> std::io::Result<TcpStream> {
         })
     });
     if !ok {
-        return Err(std::io::Error::other("wrong or missing Sec-WebSocket-Accept"));
+        return Err(std::io::Error::other(
+            "wrong or missing Sec-WebSocket-Accept",
+        ));
     }
     if opts.extensions.is_some() {
         let agreed = text.lines().any(|l| {
@@ -147,8 +248,7 @@ fn open(addr: SocketAddr, n: u64, opts: &Opts) -> std::io::Result<TcpStream> {
             s.read_exact(&mut two)?;
         }
     }
-    s.set_read_timeout(None)?;
-    Ok(s)
+    Ok(())
 }
 
 /// A masked text frame with RSV1 whose payload is `len` letters in one stored (uncompressed)

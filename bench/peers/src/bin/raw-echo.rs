@@ -37,7 +37,7 @@ const READ_BUF: usize = 64 << 10;
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 fn main() {
-    let args = uringws_bench_peers::parse_args("raw-echo", true);
+    let args = uringws_bench_peers::parse_args("raw-echo", true, false);
     let listener = uringws_bench_peers::listen(args.addr).expect("cannot listen");
     let mode = if args.verbatim { "verbatim (invalid)" } else { "framing floor" };
     eprintln!("raw-echo listening on {} ({mode})", args.addr);

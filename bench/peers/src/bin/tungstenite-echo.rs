@@ -40,7 +40,7 @@ async fn handle_client(stream: TcpStream) -> Result<(), Error> {
 }
 
 fn main() {
-    let args = uringws_bench_peers::parse_args("tungstenite-echo", false);
+    let args = uringws_bench_peers::parse_args("tungstenite-echo", false, false);
     let std_listener = uringws_bench_peers::listen(args.addr).expect("cannot listen");
     std_listener.set_nonblocking(true).unwrap();
     let rt = uringws_bench_peers::tokio_runtime(args.threads);
