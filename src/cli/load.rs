@@ -720,7 +720,14 @@ fn thread_main(
 
 /// A wss:// connection's TLS state, and the receive it reads through.
 #[cfg(feature = "tls")]
-type LoadTls = (crate::conn::Secure, Option<crate::uring::RecvMulti>);
+/// (The third part is the buffer the last write was sealed into, kept for the next: a fresh
+/// one per message costs page faults that would make the load tool, not the server, the
+/// limit.)
+type LoadTls = (
+    crate::conn::Secure,
+    Option<crate::uring::RecvMulti>,
+    Vec<u8>,
+);
 
 /// A connection's state, shared by its reader, writer and controller tasks.
 struct Conn {
@@ -802,9 +809,20 @@ impl Conn {
     async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
         #[cfg(feature = "tls")]
         {
-            let sealed = self.tls.borrow_mut().as_mut().map(|t| t.0.seal(&buf));
+            let sealed = self.tls.borrow_mut().as_mut().map(|t| {
+                let mut wire = std::mem::take(&mut t.2);
+                wire.clear();
+                wire.extend_from_slice(&t.0.take_out());
+                t.0.seal_into(&buf, &mut wire).map(|()| wire)
+            });
             match sealed {
-                Some(Ok(wire)) => return (self.stream.write_all(wire).await.0, buf),
+                Some(Ok(wire)) => {
+                    let (res, wire) = self.stream.write_all(wire).await;
+                    if let Some(t) = self.tls.borrow_mut().as_mut() {
+                        t.2 = wire;
+                    }
+                    return (res, buf);
+                }
                 Some(Err(e)) => return (Err(e), buf),
                 None => {}
             }
@@ -1019,7 +1037,7 @@ async fn handshake(
             .handshake(&conn.stream, &mut recv)
             .await
             .map_err(|e| format!("TLS handshake: {e}"))?;
-        *conn.tls.borrow_mut() = Some(Box::new((secure, recv)));
+        *conn.tls.borrow_mut() = Some(Box::new((secure, recv, Vec::new())));
     }
     let (res, _) = conn.write_all(request).await;
     res.map_err(|e| format!("handshake write: {e}"))?;

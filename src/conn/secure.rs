@@ -43,6 +43,11 @@ impl Secure {
         Ok(wire)
     }
 
+    /// Appends the records that carry `plain` to `wire`.
+    pub(crate) fn seal_into(&mut self, plain: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
+        self.session.seal(plain, wire).map_err(tls_failed)
+    }
+
     /// Opens the ciphertext `data` received (behind what was left of the last read): the
     /// plaintext is appended to `plain`; the records the session must send in answer stay in
     /// `self.out`. Records that lie whole in `data` are decrypted where they lie (a ring
@@ -148,6 +153,47 @@ impl Conn {
             return wire;
         }
         Ok(plain)
+    }
+
+    /// The records that carry `parts`, in order, on a TLS connection: each large part sealed
+    /// where it lies, the small ones between them gathered into one record.
+    #[cfg(feature = "tls")]
+    pub(crate) fn seal_parts(&self, parts: &[bytes::Bytes]) -> io::Result<Vec<u8>> {
+        /// A part at least this large is sealed on its own.
+        const ALONE: usize = 4 << 10;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut secure = self.secure.borrow_mut();
+        let Some(s) = secure.as_mut() else {
+            return Ok(parts.concat());
+        };
+        let mut wire = s.take_out();
+        if wire.capacity() == 0 {
+            if let Some(mut v) = self.pool.take_large(total + total / 256 + 256) {
+                v.clear();
+                wire = v;
+            }
+        }
+        let mut small = Vec::new();
+        for part in parts {
+            if part.len() < ALONE {
+                small.extend_from_slice(part);
+                continue;
+            }
+            if !small.is_empty() {
+                s.seal_into(&small, &mut wire)?;
+                small.clear();
+            }
+            s.seal_into(part, &mut wire)?;
+        }
+        if !small.is_empty() {
+            s.seal_into(&small, &mut wire)?;
+        }
+        Ok(wire)
+    }
+
+    #[cfg(not(feature = "tls"))]
+    pub(crate) fn seal_parts(&self, parts: &[bytes::Bytes]) -> io::Result<Vec<u8>> {
+        Ok(parts.concat())
     }
 
     /// The records that carry `plain` on a TLS connection, in a buffer of the thread's pool

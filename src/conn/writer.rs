@@ -81,7 +81,7 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
 /// done (closed or failed).
 async fn write_sealed(conn: &Conn) -> bool {
     let chunks = take_chunks(conn);
-    let plain = if chunks.is_empty() {
+    let sealed = if chunks.is_empty() {
         let batch = {
             let mut ob = conn.outbox.borrow_mut();
             let batch = ob.take_batch();
@@ -94,21 +94,23 @@ async fn write_sealed(conn: &Conn) -> bool {
             batch
         };
         match batch {
-            Some(batch) => batch,
-            None if conn.tls_pending() => Vec::new(),
+            Some(batch) => conn.seal(batch),
+            None if conn.tls_pending() => conn.seal(Vec::new()),
             None => {
                 conn.wake_writer.notified().await;
                 return true;
             }
         }
     } else {
-        let mut plain = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
-        for c in &chunks {
-            plain.extend_from_slice(c);
+        // Large shared payloads are sealed from where they are (no copy into one buffer
+        // first); the small parts between them are gathered into one record.
+        let sealed = conn.seal_parts(&chunks);
+        for part in chunks {
+            recycle(conn, part);
         }
-        plain
+        sealed
     };
-    let res = match conn.seal(plain) {
+    let res = match sealed {
         Ok(wire) => {
             let (res, wire) = conn.stream.write_all(wire).await;
             // A large sealed batch's buffer serves the next one (and other connections').
@@ -239,16 +241,20 @@ pub(super) async fn write_chunks(conn: &Conn, mut parts: Vec<Bytes>) -> std::io:
                 break;
             }
             n -= first.len();
-            let done = parts.pop().unwrap_or_default();
-            if done.len() >= LARGE_MIN {
-                if let Ok(mut buf) = done.try_into_mut() {
-                    // Emptied first: a payload that starts inside its allocation would
-                    // otherwise be moved to the front.
-                    buf.clear();
-                    conn.pool.put_large(Vec::from(buf));
-                }
-            }
+            recycle(conn, parts.pop().unwrap_or_default());
         }
     }
     Ok(())
+}
+
+/// Gives a written large payload's buffer back to the pool, if nobody else holds it.
+fn recycle(conn: &Conn, done: Bytes) {
+    if done.len() >= LARGE_MIN {
+        if let Ok(mut buf) = done.try_into_mut() {
+            // Emptied first: a payload that starts inside its allocation would otherwise be
+            // moved to the front.
+            buf.clear();
+            conn.pool.put_large(Vec::from(buf));
+        }
+    }
 }
