@@ -18,7 +18,7 @@ ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 COPY Cargo.toml Cargo.lock ./
 # The builder works on the manifest without its [[bench]]/[[test]]/[[example]] tables, so that it
-# needs only src/ (the test stage puts the real manifest back). Dependencies first, with stub
+# needs only src/ and the chat example (the test stage puts the real manifest back). Dependencies first, with stub
 # sources: fetch every one (dev ones too, so the test stage needs no network), build the release
 # ones, then forget the stub crate so the real one is rebuilt whatever its files' mtimes.
 RUN set -eux; \
@@ -34,6 +34,8 @@ RUN set -eux; \
         target/release/.fingerprint/uringws-* target/release/deps/uringws-* \
         target/release/deps/liburingws-*
 COPY src ./src
+# The binary's `chat` subcommand is the chat example's file (and its page), included by path.
+COPY examples/chat.rs examples/chat.html ./examples/
 RUN cargo build --release --locked --bin uringws \
     && install -m 0755 target/release/uringws /usr/local/bin/uringws
 
