@@ -208,10 +208,16 @@ fn two_servers_share_topics_through_redis_and_survive_its_restart() {
         return;
     }
     let mut redis = Redis::start();
-    let (ra, rb) = (
-        Arc::new(RedisBroker::new(&redis.url()).unwrap()),
-        Arc::new(RedisBroker::new(&redis.url()).unwrap()),
-    );
+    // Frequent PINGs: a healthy connection must survive them (Redis answers a subscriber's
+    // PING with an array, which an earlier version took for a broken connection).
+    let broker = || {
+        Arc::new(
+            RedisBroker::new(&redis.url())
+                .unwrap()
+                .ping_every(Duration::from_millis(50)),
+        )
+    };
+    let (ra, rb) = (broker(), broker());
     let a = command_server(local(2).broker(ra.clone())).unwrap();
     let b = command_server(local(1).broker(rb.clone())).unwrap();
     wait_until("both brokers connect", 10, || {
@@ -282,7 +288,10 @@ fn two_servers_share_topics_through_redis_and_survive_its_restart() {
             }
             assert!(nothing_within(c, 100).await, "a message came twice");
         }
+        // Many PINGs later, still the first connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let before = (stats(&ra2), stats(&rb2));
+        assert_eq!((before.0.connects, before.1.connects), (1, 1), "{before:?}");
         assert_eq!(before.0.duplicates + before.1.duplicates, 0);
         assert_eq!(before.0.publish_lost + before.1.publish_lost, 0);
 

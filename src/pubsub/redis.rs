@@ -31,7 +31,7 @@ const ENVELOPE: usize = 4 + 8 + 8 + 1;
 /// Longest wait for a connection, a subscription or a pipeline reply before the connection is
 /// taken for dead.
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often an idle subscriber connection is checked with a PING.
+/// How often the subscriber connection is checked with a PING (by default).
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// First and longest wait between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -97,6 +97,7 @@ pub struct RedisBroker {
     client: ::redis::Client,
     prefix: String,
     origin: u64,
+    ping_every: Duration,
     counters: Arc<Counters>,
     tx: mpsc::UnboundedSender<Command>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
@@ -125,6 +126,7 @@ impl RedisBroker {
             client,
             prefix: "uringws:".into(),
             origin: rand::random(),
+            ping_every: PING_EVERY,
             counters: Arc::default(),
             tx,
             rx: Mutex::new(Some(rx)),
@@ -136,6 +138,13 @@ impl RedisBroker {
     /// applications that share one Redis. Every process of one application must use the same.
     pub fn prefix(mut self, prefix: &str) -> Self {
         prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// Sets how often the subscriber connection is checked with a PING (default 5 s), which
+    /// finds a Redis that went away without closing the connection.
+    pub fn ping_every(mut self, every: Duration) -> Self {
+        self.ping_every = every.max(Duration::from_millis(10));
         self
     }
 
@@ -165,6 +174,7 @@ impl Broker for RedisBroker {
             client: self.client.clone(),
             prefix: self.prefix.clone(),
             origin: self.origin,
+            ping_every: self.ping_every,
             counters: self.counters.clone(),
             local,
             wanted: HashSet::new(),
@@ -225,6 +235,7 @@ struct Link {
     client: ::redis::Client,
     prefix: String,
     origin: u64,
+    ping_every: Duration,
     counters: Arc<Counters>,
     local: Publisher,
     /// The topics this process's connections need.
@@ -357,7 +368,7 @@ impl Link {
         mut stream: ::redis::aio::PubSubStream,
         mut publish: ::redis::aio::MultiplexedConnection,
     ) -> End {
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = tokio::time::interval(self.ping_every);
         ping.tick().await;
         let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
         loop {
@@ -402,7 +413,9 @@ impl Link {
                     None => return End::Lost("the subscriber connection closed".into()),
                 },
                 _ = ping.tick() => {
-                    match tokio::time::timeout(IO_TIMEOUT, sink.ping::<String>()).await {
+                    // In subscriber mode (RESP2) Redis answers a PING with ["pong", ""], not
+                    // "PONG": any answer will do.
+                    match tokio::time::timeout(IO_TIMEOUT, sink.ping::<::redis::Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => return End::Lost(e.to_string()),
                         Err(_) => return End::Lost("PING timed out".into()),
