@@ -38,8 +38,8 @@ impl Secure {
 
     /// The records that carry `plain`, after any record the session had waiting.
     pub(crate) fn seal(&mut self, plain: &[u8]) -> io::Result<Vec<u8>> {
-        let mut wire = std::mem::take(&mut self.out);
-        self.session.seal(plain, &mut wire).map_err(tls_failed)?;
+        let mut wire = self.take_out();
+        self.seal_into(plain, &mut wire)?;
         Ok(wire)
     }
 
