@@ -17,6 +17,9 @@ use rustls::unbuffered::{
 
 use crate::error::{Error, Result};
 
+mod record;
+use record::{Kernel, RecordLayer};
+
 /// The ring crypto provider: it builds with a C compiler alone (no cmake, no Go), so a fresh
 /// machine needs nothing beyond what Rust needs.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -97,6 +100,8 @@ impl TlsConfig {
     pub fn from_rustls(config: Arc<rustls::ServerConfig>) -> TlsConfig {
         let mut config = (*config).clone();
         config.cert_resolver = Arc::new(SniRecorder(config.cert_resolver.clone()));
+        // The record layer runs in `record` after the handshake; the secrets stay in-process.
+        config.enable_secret_extraction = true;
         TlsConfig {
             server: Arc::new(config),
         }
@@ -198,9 +203,7 @@ impl TlsConnector {
             .with_custom_certificate_verifier(Arc::new(Verifier { webpki, pinned }))
             .with_no_client_auth();
         config.alpn_protocols = vec![ALPN.to_vec()];
-        Ok(TlsConnector {
-            client: Arc::new(config),
-        })
+        Ok(Self::from_rustls(Arc::new(config)))
     }
 
     /// Trusts the certificates of the PEM file `ca` besides webpki's roots: a private CA,
@@ -238,7 +241,12 @@ impl TlsConnector {
     /// A connector from a rustls `ClientConfig` of your own. Its ALPN list should offer
     /// `http/1.1` (or be empty).
     pub fn from_rustls(config: Arc<rustls::ClientConfig>) -> TlsConnector {
-        TlsConnector { client: config }
+        let mut config = (*config).clone();
+        // As for the server: the record layer runs in `record` after the handshake.
+        config.enable_secret_extraction = true;
+        TlsConnector {
+            client: Arc::new(config),
+        }
     }
 }
 
@@ -329,10 +337,17 @@ pub(crate) fn describe(e: &rustls::Error) -> String {
     format!("the server's certificate was refused: {why}")
 }
 
-/// One side of a TLS connection.
+/// One side of a TLS connection: rustls during the handshake (and for TLS 1.2 throughout),
+/// then, for TLS 1.3, [`RecordLayer`] (with the server name the client asked for).
 pub(crate) enum Session {
-    Server(UnbufferedServerConnection, Option<String>),
-    Client(UnbufferedClientConnection),
+    /// rustls' connection, the server name, and whether its record layer is handed over
+    /// after a TLS 1.3 handshake (its config allows the secrets out).
+    Server(UnbufferedServerConnection, Option<String>, bool),
+    /// As `Server`, without the name.
+    Client(UnbufferedClientConnection, bool),
+    Records(Box<RecordLayer>, Option<String>),
+    /// The take-over from rustls failed; every operation fails.
+    Gone,
 }
 
 /// What [`Session::open`] found.
@@ -348,13 +363,16 @@ pub(crate) struct Opened {
 macro_rules! with_state {
     ($session:expr, $incoming:expr, |$status:ident| $body:expr) => {
         match $session {
-            Session::Server(c, _) => {
+            Session::Server(c, ..) => {
                 let $status = c.process_tls_records($incoming);
                 $body
             }
-            Session::Client(c) => {
+            Session::Client(c, _) => {
                 let $status = c.process_tls_records($incoming);
                 $body
+            }
+            Session::Records(..) | Session::Gone => {
+                return Err(rustls::Error::General("no rustls state".into()))
             }
         }
     };
@@ -375,7 +393,7 @@ enum Step {
 impl Session {
     pub(crate) fn server(config: &TlsConfig) -> Result<Session> {
         UnbufferedServerConnection::new(config.server.clone())
-            .map(|c| Session::Server(c, None))
+            .map(|c| Session::Server(c, None, config.server.enable_secret_extraction))
             .map_err(tls_error)
     }
 
@@ -383,15 +401,15 @@ impl Session {
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| tls_error(format_args!("{host:?} is not a valid server name: {e}")))?;
         UnbufferedClientConnection::new(config.client.clone(), name)
-            .map(Session::Client)
+            .map(|c| Session::Client(c, config.client.enable_secret_extraction))
             .map_err(tls_error)
     }
 
     /// The server name the client asked for (SNI), on the server side once known.
     pub(crate) fn sni(&self) -> Option<String> {
         match self {
-            Session::Server(_, sni) => sni.clone(),
-            Session::Client(_) => None,
+            Session::Server(_, sni, _) | Session::Records(_, sni) => sni.clone(),
+            Session::Client(..) | Session::Gone => None,
         }
     }
 
@@ -418,17 +436,57 @@ impl Session {
         plain: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> (usize, std::result::Result<Opened, rustls::Error>) {
+        let mut consumed = 0;
+        if let Session::Records(r, _) = self {
+            return r.open(data, plain, out);
+        }
         let mut opened = Opened::default();
-        let hello = matches!(self, Session::Server(c, None) if c.is_handshaking());
+        let hello = matches!(self, Session::Server(c, None, _) if c.is_handshaking());
         if hello {
             SNI.with(|s| s.borrow_mut().take());
         }
-        let mut consumed = 0;
-        let result = self.open_records(data, &mut consumed, plain, out, &mut opened);
-        if let (true, Session::Server(_, sni @ None)) = (hello, &mut *self) {
+        let mut result = self.open_records(data, &mut consumed, plain, out, &mut opened);
+        if let (true, Session::Server(_, sni @ None, _)) = (hello, &mut *self) {
             *sni = SNI.with(|s| s.borrow_mut().take());
         }
+        if result.is_ok() && !opened.handshaking && !opened.peer_closed {
+            result = self.take_over();
+            if let (Ok(()), Session::Records(r, _)) = (&result, &mut *self) {
+                let (more, records) = r.open(&mut data[consumed..], plain, out);
+                consumed += more;
+                return (consumed, records);
+            }
+        }
         (consumed, result.map(|()| opened))
+    }
+
+    /// Once a TLS 1.3 handshake is over (rustls has nothing more to send), hands the record
+    /// layer over to [`RecordLayer`], and the key schedule to rustls' `KernelConnection`.
+    fn take_over(&mut self) -> std::result::Result<(), rustls::Error> {
+        let tls13 = |c: &rustls::CommonState| {
+            !c.is_handshaking() && c.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+        };
+        let ready = match self {
+            Session::Server(c, _, records) => *records && tls13(c),
+            Session::Client(c, records) => *records && tls13(c),
+            Session::Records(..) | Session::Gone => false,
+        };
+        if !ready {
+            return Ok(());
+        }
+        let (kernel, secrets, sni) = match std::mem::replace(self, Session::Gone) {
+            Session::Server(c, sni, _) => {
+                let (secrets, k) = c.dangerous_into_kernel_connection()?;
+                (Kernel::Server(k), secrets, sni)
+            }
+            Session::Client(c, _) => {
+                let (secrets, k) = c.dangerous_into_kernel_connection()?;
+                (Kernel::Client(k), secrets, None)
+            }
+            Session::Records(..) | Session::Gone => unreachable!("checked above"),
+        };
+        *self = Session::Records(Box::new(RecordLayer::new(kernel, secrets)?), sni);
+        Ok(())
     }
 
     fn open_records(
@@ -468,6 +526,9 @@ impl Session {
     ) -> std::result::Result<(), rustls::Error> {
         // Records carry at most 16 KiB each, with 5 bytes of header and up to 17 of tag and
         // content type (TLS 1.3), or a longer explicit nonce and tag (TLS 1.2).
+        if let Session::Records(r, _) = self {
+            return r.seal(plain, out);
+        }
         let hint = plain.len() + (plain.len() / 16384 + 1) * 64;
         self.write_traffic(out, hint, |w, buf| w.encrypt(plain, buf))
     }
@@ -477,6 +538,9 @@ impl Session {
         &mut self,
         out: &mut Vec<u8>,
     ) -> std::result::Result<(), rustls::Error> {
+        if let Session::Records(r, _) = self {
+            return r.close_notify(out);
+        }
         self.write_traffic(out, 64, |w, buf| w.queue_close_notify(buf))
     }
 
@@ -751,5 +815,158 @@ mod tests {
             .open(&mut c_in, &mut plain, &mut to_server)
             .unwrap_err();
         assert!(e.to_string().contains("certificate"), "{e}");
+    }
+
+    /// A session that keeps rustls' own record layer (secret extraction off), to check the
+    /// take-over against rustls on the other side.
+    fn rustls_only(server: bool, cert: &str, key: &str) -> Session {
+        if server {
+            let config = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+            let mut config = (*config.server).clone();
+            config.enable_secret_extraction = false;
+            let c = UnbufferedServerConnection::new(Arc::new(config)).unwrap();
+            Session::Server(c, None, false)
+        } else {
+            let connector = TlsConnector::with_ca_pem(cert.as_bytes()).unwrap();
+            let mut config = (*connector.client).clone();
+            config.enable_secret_extraction = false;
+            let name = ServerName::try_from("localhost").unwrap();
+            Session::Client(
+                UnbufferedClientConnection::new(Arc::new(config), name).unwrap(),
+                false,
+            )
+        }
+    }
+
+    fn records(s: &mut Session) -> &mut RecordLayer {
+        match s {
+            Session::Records(r, _) => r,
+            _ => panic!("the session kept rustls' record layer"),
+        }
+    }
+
+    /// Both roles against rustls' record layer on the other side: data both ways across
+    /// record boundaries, key updates each way (rustls answers one asked for), close_notify.
+    #[test]
+    fn the_record_layer_talks_to_rustls_and_updates_keys() {
+        let (cert, key) = identity();
+        for ours_is_server in [true, false] {
+            let mut theirs = rustls_only(!ours_is_server, &cert, &key);
+            let mut ours = if ours_is_server {
+                Session::server(&TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap())
+            } else {
+                Session::client(
+                    &TlsConnector::with_ca_pem(cert.as_bytes()).unwrap(),
+                    "localhost",
+                )
+            }
+            .unwrap();
+            let (mut to_ours, mut to_theirs) = (Vec::new(), Vec::new());
+            let (client, server) = if ours_is_server {
+                (&mut theirs, &mut ours)
+            } else {
+                (&mut ours, &mut theirs)
+            };
+            let (c_to_s, s_to_c) = (&mut Vec::new(), &mut Vec::new());
+            pump(client, server, c_to_s, s_to_c);
+            records(&mut ours);
+            assert!(matches!(theirs, Session::Server(..) | Session::Client(..)));
+
+            let big: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+            for round in 0..3 {
+                match round {
+                    1 => records(&mut ours).expire_tx_key(),
+                    2 => records(&mut ours)
+                        .request_key_update(&mut to_theirs)
+                        .unwrap(),
+                    _ => {}
+                }
+                ours.seal(&big, &mut to_theirs).unwrap();
+                theirs.seal(&big[..1000], &mut to_ours).unwrap();
+                let (mut plain_theirs, mut plain_ours) = (Vec::new(), Vec::new());
+                for _ in 0..4 {
+                    theirs
+                        .open(&mut to_theirs, &mut plain_theirs, &mut to_ours)
+                        .unwrap();
+                    ours.open(&mut to_ours, &mut plain_ours, &mut to_theirs)
+                        .unwrap();
+                }
+                assert_eq!(plain_theirs, big, "round {round}");
+                assert_eq!(plain_ours, &big[..1000], "round {round}");
+                assert!(to_ours.is_empty() && to_theirs.is_empty(), "round {round}");
+            }
+            let (mut alert, mut plain, mut out) = (Vec::new(), Vec::new(), Vec::new());
+            ours.close_notify(&mut alert).unwrap();
+            assert!(
+                theirs
+                    .open(&mut alert, &mut plain, &mut out)
+                    .unwrap()
+                    .peer_closed
+            );
+            theirs.close_notify(&mut alert).unwrap();
+            assert!(
+                ours.open(&mut alert, &mut plain, &mut out)
+                    .unwrap()
+                    .peer_closed
+            );
+        }
+    }
+
+    /// A record changed on the way fails with bad_record_mac sent back; records cut anywhere
+    /// wait for their rest; an oversized or unencrypted record is refused.
+    #[test]
+    fn the_record_layer_refuses_what_it_must() {
+        let (cert, key) = identity();
+        let config = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+        let connector = TlsConnector::with_ca_pem(cert.as_bytes()).unwrap();
+        let fresh_pair = || {
+            let mut server = Session::server(&config).unwrap();
+            let mut client = Session::client(&connector, "localhost").unwrap();
+            pump(&mut client, &mut server, &mut Vec::new(), &mut Vec::new());
+            records(&mut server);
+            records(&mut client);
+            (client, server)
+        };
+        let (mut client, mut server) = fresh_pair();
+        let mut sealed = Vec::new();
+        client.seal(b"cut anywhere", &mut sealed).unwrap();
+        let (mut incoming, mut plain, mut out) = (Vec::new(), Vec::new(), Vec::new());
+        for b in &sealed {
+            incoming.push(*b);
+            server.open(&mut incoming, &mut plain, &mut out).unwrap();
+        }
+        assert_eq!(plain, b"cut anywhere");
+
+        let mut sealed = Vec::new();
+        client.seal(b"changed on the way", &mut sealed).unwrap();
+        sealed[8] ^= 1;
+        let e = server.open(&mut sealed, &mut plain, &mut out).unwrap_err();
+        assert_eq!(e, rustls::Error::DecryptError);
+        let mut at_client = Vec::new();
+        let e = client
+            .open(&mut out, &mut at_client, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(
+            e,
+            rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+        );
+
+        for (record, want) in [
+            (
+                vec![23, 3, 3, 0x48, 0x01],
+                rustls::Error::PeerSentOversizedRecord,
+            ),
+            (
+                vec![21, 3, 3, 0, 2, 1, 0],
+                rustls::Error::General("unencrypted TLS record of type 21".into()),
+            ),
+        ] {
+            let (_, mut server) = fresh_pair();
+            let mut incoming = record;
+            let e = server
+                .open(&mut incoming, &mut plain, &mut Vec::new())
+                .unwrap_err();
+            assert_eq!(e, want);
+        }
     }
 }
