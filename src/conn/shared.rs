@@ -436,11 +436,18 @@ impl Conn {
             return;
         }
         let batch = match self.wake_writer.idle_writer() {
-            // A TLS connection's writes are sealed by the writer.
-            Some(waker) if self.handed.borrow().is_none() && !self.is_tls() => {
+            Some(waker) if self.handed.borrow().is_none() => {
                 let mut ob = self.outbox.borrow_mut();
-                let plain = ob.chunks.is_empty() && ob.in_flight == 0 && !ob.failed;
-                plain.then(|| ob.take_batch()).flatten().map(|b| (waker, b))
+                if ob.in_flight != 0 || ob.failed {
+                    None
+                } else if self.is_tls() {
+                    drop(ob);
+                    super::writer::seal_queued(self).map(|sealed| (waker, sealed))
+                } else if ob.chunks.is_empty() {
+                    ob.take_batch().map(|b| (waker, Ok(b)))
+                } else {
+                    None
+                }
             }
             _ => None,
         };
@@ -448,7 +455,7 @@ impl Conn {
             self.wake_writer.notify();
             return;
         };
-        let handed = match self.stream.start_write(batch, 0) {
+        let handed = match batch.and_then(|b| self.stream.start_write(b, 0)) {
             Ok(mut write) => {
                 // The write is not in the kernel yet (that happens at the end of this loop
                 // turn), so this registers the writer's waker with it.

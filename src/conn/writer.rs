@@ -76,39 +76,21 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
     }
 }
 
-/// The writer's turn on a TLS connection: everything queued (the shared chunks with the rest,
-/// in order), sealed, in one write; waits when nothing is queued. False when the writer is
-/// done (closed or failed).
+/// The writer's turn on a TLS connection: everything queued, sealed, in one write (see
+/// [`seal_queued`]); waits when nothing is queued. False when the writer is done (closed or
+/// failed).
 async fn write_sealed(conn: &Conn) -> bool {
-    let chunks = take_chunks(conn);
-    let sealed = if chunks.is_empty() {
-        let batch = {
-            let mut ob = conn.outbox.borrow_mut();
-            let batch = ob.take_batch();
-            if batch.is_none() && !conn.tls_pending() && (ob.close_queued || ob.failed) {
-                ob.writer_done = true;
-                drop(ob);
-                conn.progress.notify_waiters();
-                return false;
-            }
-            batch
-        };
-        match batch {
-            Some(batch) => conn.seal(batch),
-            None if conn.tls_pending() => conn.seal(Vec::new()),
-            None => {
-                conn.wake_writer.notified().await;
-                return true;
-            }
+    let Some(sealed) = seal_queued(conn) else {
+        let mut ob = conn.outbox.borrow_mut();
+        if ob.close_queued || ob.failed {
+            ob.writer_done = true;
+            drop(ob);
+            conn.progress.notify_waiters();
+            return false;
         }
-    } else {
-        // Large shared payloads are sealed from where they are (no copy into one buffer
-        // first); the small parts between them are gathered into one record.
-        let sealed = conn.seal_parts(&chunks);
-        for part in chunks {
-            recycle(conn, part);
-        }
-        sealed
+        drop(ob);
+        conn.wake_writer.notified().await;
+        return true;
     };
     let res = match sealed {
         Ok(wire) => {
@@ -120,6 +102,27 @@ async fn write_sealed(conn: &Conn) -> bool {
         Err(e) => Err(e),
     };
     finish_write(conn, res)
+}
+
+/// Everything queued on a TLS connection (the shared chunks with the rest, in order, and any
+/// record the session has waiting), sealed into one buffer; `None` when nothing is queued.
+pub(super) fn seal_queued(conn: &Conn) -> Option<std::io::Result<Vec<u8>>> {
+    let chunks = take_chunks(conn);
+    if !chunks.is_empty() {
+        // Large shared payloads are sealed from where they are (no copy into one buffer
+        // first); the small parts between them are gathered into one record.
+        let sealed = conn.seal_parts(&chunks);
+        for part in chunks {
+            recycle(conn, part);
+        }
+        return Some(sealed);
+    }
+    let batch = conn.outbox.borrow_mut().take_batch();
+    match batch {
+        Some(batch) => Some(conn.seal(batch)),
+        None if conn.tls_pending() => Some(conn.seal(Vec::new())),
+        None => None,
+    }
 }
 
 /// After one write of a batch: writes what it left (a partial write, rare), keeps the buffer
