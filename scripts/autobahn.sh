@@ -7,10 +7,13 @@
 #   --client             test the client role instead: wstest runs as `fuzzingserver` and
 #                        examples/autobahn_client is the testee (summary:
 #                        scripts/autobahn-client-summary.txt)
-#   --tls                the server role over TLS: wstest connects to wss:// (Twisted with
-#                        pyOpenSSL), the server gets --tls-cert/--tls-key from
-#                        scripts/tls-certs.sh; work dir target/autobahn-tls, and a full run's
-#                        summary goes to scripts/autobahn-tls-summary.txt
+#   --tls                over TLS (Twisted with pyOpenSSL), with scripts/tls-certs.sh's test
+#                        certificates. Server role: wstest connects to wss://, the server gets
+#                        --tls-cert/--tls-key; work dir target/autobahn-tls, a full run's summary
+#                        goes to scripts/autobahn-tls-summary.txt. With --client: the
+#                        fuzzingserver serves wss:// with the server certificate and the testee
+#                        trusts the test CA (--ca); work dir target/autobahn-client-tls, summary
+#                        scripts/autobahn-client-tls-summary.txt
 #   --install-only       install (or verify the cached install of) wstest and exit
 #   --cases LIST         comma-separated Autobahn case patterns (default: '*', i.e. all cases)
 #   --compression MODE   permessage-deflate mode of the testee: shared (default), dedicated,
@@ -244,8 +247,9 @@ TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 WORK="$REPO_ROOT/target/autobahn"
 if [[ $CLIENT -eq 1 ]]; then WORK="$REPO_ROOT/target/autobahn-client"; fi
 if [[ $TLS -eq 1 ]]; then
-    [[ $CLIENT -eq 0 ]] || die "--tls is for the server role"
     WORK="$REPO_ROOT/target/autobahn-tls"
+    [[ $CLIENT -eq 0 ]] || WORK="$REPO_ROOT/target/autobahn-client-tls"
+    CERTS="$REPO_ROOT/target/tls/certs"
 fi
 OUTDIR="$WORK/reports"
 SPEC="$WORK/spec.json"
@@ -258,7 +262,7 @@ summarize() {
     local summary
     if [[ "$CASES" == '*' && "$COMPRESSION" == shared ]]; then
         summary="$SCRIPT_DIR/$1"
-        [[ $TLS -eq 0 ]] || summary="$SCRIPT_DIR/autobahn-tls-summary.txt"
+        [[ $TLS -eq 0 ]] || summary="$SCRIPT_DIR/${1%-summary.txt}-tls-summary.txt"
     else
         summary="$WORK/$2"
     fi
@@ -286,12 +290,22 @@ if [[ $CLIENT -eq 1 ]]; then
     PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
     rm -rf "$OUTDIR"
     mkdir -p "$OUTDIR"
-    python3 - "$SPEC" "$OUTDIR" "$PORT" "$CASES" <<'PY'
+    SCHEME=ws
+    TESTEE_TLS=()
+    if [[ $TLS -eq 1 ]]; then
+        "$SCRIPT_DIR/tls-certs.sh" "$CERTS" >&2
+        SCHEME=wss
+        TESTEE_TLS=(--ca "$CERTS/ca.pem")
+    fi
+    python3 - "$SPEC" "$OUTDIR" "$PORT" "$CASES" "$SCHEME" "${CERTS:-}" <<'PY'
 import json, sys
-spec_path, outdir, port, cases = sys.argv[1:]
+spec_path, outdir, port, cases, scheme, certs = sys.argv[1:]
 patterns = [c.strip() for c in cases.split(",") if c.strip()] or ["*"]
-spec = {"url": "ws://127.0.0.1:%s" % port, "outdir": outdir, "cases": patterns,
+spec = {"url": "%s://127.0.0.1:%s" % (scheme, port), "outdir": outdir, "cases": patterns,
         "exclude-cases": [], "exclude-agent-cases": {}}
+if scheme == "wss":
+    spec["key"] = certs + "/server-key.pem"
+    spec["cert"] = certs + "/server-chain.pem"
 with open(spec_path, "w") as f:
     json.dump(spec, f, indent=2)
     f.write("\n")
@@ -309,7 +323,8 @@ PY
     done
     log "running $TESTEE"
     testee_status=0
-    timeout --kill-after=10 "$TIMEOUT_SECS" "$TESTEE" "ws://127.0.0.1:$PORT" uringws "$COMPRESSION" \
+    timeout --kill-after=10 "$TIMEOUT_SECS" "$TESTEE" "$SCHEME://127.0.0.1:$PORT" uringws "$COMPRESSION" \
+        "${TESTEE_TLS[@]}" \
         > "$WORK/testee.log" 2>&1 || testee_status=$?
     summary_status=0
     summarize "autobahn-client-summary.txt" "client-summary.txt" "fuzzingserver (client role)" \
@@ -332,9 +347,8 @@ if [[ -z "$SERVER_CMD" ]]; then
     fi
     [[ -x "$TARGET_DIR/release/uringws" ]] || die "$TARGET_DIR/release/uringws not found (build it or drop UWS_NO_BUILD)"
     if [[ $TLS -eq 1 ]]; then
-        certs="$REPO_ROOT/target/tls/certs"
-        "$SCRIPT_DIR/tls-certs.sh" "$certs" >&2
-        SERVER_CMD="$SERVER_CMD --tls-cert $certs/server-chain.pem --tls-key $certs/server-key.pem"
+        "$SCRIPT_DIR/tls-certs.sh" "$CERTS" >&2
+        SERVER_CMD="$SERVER_CMD --tls-cert $CERTS/server-chain.pem --tls-key $CERTS/server-key.pem"
     fi
 fi
 SCHEME=ws

@@ -108,6 +108,8 @@ UWS_NO_BUILD=1 scripts/tls-interop.sh
 # Autobahn|Testsuite over wss:// on the groups that run fast (the full run, 9.* and the
 # compression groups included, took 28 min here: scripts/autobahn-tls-summary.txt).
 UWS_NO_BUILD=1 scripts/autobahn.sh --tls --cases '1.*,2.*,3.*,4.*,5.*,6.*,7.*,10.*'
+# The client role over wss:// (a fuzzingserver with the test certificate), likewise.
+UWS_NO_BUILD=1 scripts/autobahn.sh --client --tls --cases '1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.1.*,9.2.*,10.*'
 passed
 
 step "container" "container image (podman, with and without the io_uring seccomp profile)"
