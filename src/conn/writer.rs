@@ -81,14 +81,15 @@ pub(crate) async fn writer(conn: Rc<Conn>) {
 /// failed).
 async fn write_sealed(conn: &Conn) -> bool {
     let Some(sealed) = seal_queued(conn) else {
-        let mut ob = conn.outbox.borrow_mut();
-        if ob.close_queued || ob.failed {
-            ob.writer_done = true;
-            drop(ob);
+        let done = {
+            let mut ob = conn.outbox.borrow_mut();
+            ob.writer_done = ob.close_queued || ob.failed;
+            ob.writer_done
+        };
+        if done {
             conn.progress.notify_waiters();
             return false;
         }
-        drop(ob);
         conn.wake_writer.notified().await;
         return true;
     };
