@@ -239,6 +239,7 @@ ID=uws-check-$$
 A=$ID-a
 B=$ID-b
 C=$ID-c
+E=$ID-e
 CONTAINERS+=("$A" "$B" "$C")
 
 # (a) echo and health with the io_uring profile.
@@ -329,8 +330,42 @@ check_d() {
     say "image Config.User: $(timeout 30 podman image inspect --format '{{.Config.User}}' "$IMAGE" 2>&1)"
     [[ $uid =~ ^[0-9]+$ && $uid -ne 0 ]]
 }
+# (e) TLS: the test certificates (scripts/tls-certs.sh) mounted read-only, wss:// on one port,
+# the plain /healthz of --health-addr on another, which the image's HEALTHCHECK uses through
+# UWS_HEALTH_PORT.
+check_e() {
+    local ok=0 port hport rc out certs=$WORK/certs
+    scripts/tls-certs.sh "$certs" >/dev/null || return 1
+    chmod -R a+rX "$certs"
+    port=$(free_port)
+    hport=$(free_port)
+    CONTAINERS+=("$E")
+    "${RUN[@]}" -d --name "$E" --security-opt "seccomp=$PROFILE" -e "UWS_HEALTH_PORT=$hport" \
+        -v "$certs:/certs:ro" "$IMAGE" echo --addr "127.0.0.1:$port" \
+        --tls-cert /certs/server-chain.pem --tls-key /certs/server-key.pem \
+        --health-addr "127.0.0.1:$hport" >/dev/null 2>"$WORK/run-$E.err" || {
+        cat "$WORK/run-$E.err"
+        return 1
+    }
+    if ! wait_ready "$E" "$hport"; then
+        say "server did not become ready; logs:"
+        timeout 30 podman logs "$E" 2>&1 | tail -n 20
+        return 1
+    fi
+    UWS_WS_CA="$certs/ca.pem" "${WS[@]}" echo "$port" || ok=1
+    "${WS[@]}" health "$hport" || ok=1
+    if podman healthcheck run --help >/dev/null 2>&1; then
+        rc=0
+        out=$(timeout 30 podman healthcheck run "$E" 2>&1) || rc=$?
+        say "podman healthcheck run: exit $rc ${out:-(no output)}"
+        [[ $rc -eq 0 ]] || ok=1
+    fi
+    return $ok
+}
+
 check check_c "on SIGTERM a client gets close 1001 and the container exits 0 within ${GRACE}s"
 check check_d "the server runs as a non-root user"
+check check_e "over TLS: a wss:// echo with the test CA, and the HEALTHCHECK on the --health-addr port"
 timeout 30 podman rm -f -t 2 "$A" >/dev/null 2>&1 || true
 
 # Optional: the test stage, run with the profile (RUN steps cannot: they use the default one).

@@ -7,19 +7,22 @@
     container_ws.py hold PORT READY_FILE   handshake and one echo, touch READY_FILE, then wait
                                            for the server's close frame; expect code 1001
 
-Every socket operation has a timeout (UWS_WS_TIMEOUT seconds, default 30). Prints one line of
-what happened; exit 0 on success, 1 on failure.
+Every socket operation has a timeout (UWS_WS_TIMEOUT seconds, default 30). With UWS_WS_CA set
+to a PEM file, connections are TLS (wss://) to the name localhost, trusting that CA. Prints one
+line of what happened; exit 0 on success, 1 on failure.
 """
 
 import base64
 import hashlib
 import os
 import socket
+import ssl
 import struct
 import sys
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TIMEOUT = float(os.environ.get("UWS_WS_TIMEOUT", "30"))
+CA = os.environ.get("UWS_WS_CA")
 
 
 class Fail(Exception):
@@ -29,6 +32,8 @@ class Fail(Exception):
 def connect(port):
     s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     s.settimeout(TIMEOUT)
+    if CA:
+        s = ssl.create_default_context(cafile=CA).wrap_socket(s, server_hostname="localhost")
     return s
 
 
@@ -133,7 +138,8 @@ def cmd_echo(port):
     _, op, payload = read_frame(s)
     if op != 0x8 or close_code(payload) != 1000:
         raise Fail(f"close answered with opcode={op} payload={payload!r}")
-    return f"101 Switching Protocols, text echoed ({len(text)} bytes), close 1000 answered"
+    tls = f" over {s.version()} {s.cipher()[0]}" if CA else ""
+    return f"101 Switching Protocols{tls}, text echoed ({len(text)} bytes), close 1000 answered"
 
 
 def cmd_hold(port, ready_file):
