@@ -26,7 +26,7 @@ use crate::uring::TcpStream;
 use rand::{Rng, SeedableRng};
 
 use crate::conn::buffers::{BufferPool, ReadBuf};
-use crate::conn::{finish, writer, Conn, ConnectionInfo, Phase, RxState, Timeouts};
+use crate::conn::{finish, writer, Conn, ConnectionInfo, Headers, Phase, RxState, Timeouts};
 use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
 use crate::proto::deflate::{self, Compression, Compressor};
@@ -448,11 +448,7 @@ impl Connector {
             protocol: response.protocol.map(str::to_owned),
             extensions: agreed.and(response.extensions().next()).map(str::to_owned),
             sni: None,
-            headers: response
-                .headers
-                .iter()
-                .map(|h| (h.name.to_owned(), h.value.to_vec()))
-                .collect(),
+            headers: Headers::new(response.headers.iter().map(|h| (h.name, h.value))),
         };
         let _ = conn.info.set(info);
         let reader = Reader::new(ReaderConfig {

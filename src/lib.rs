@@ -48,9 +48,9 @@ pub use error::{Error, Result, MIN_KERNEL};
 pub use proto::close::CloseCode;
 pub use proto::message::{Message, OwnedMessage};
 pub use server::{
-    shutdown_signal, Compression, Config, ConnectionInfo, HttpResponse, Publisher, Receiver,
-    Request, RunningServer, Sender, Server, ShutdownHandle, SlowSubscriber, UpgradeRequest,
-    WebSocket,
+    shutdown_signal, Compression, Config, ConnectionInfo, Headers, HttpResponse, Publisher,
+    Receiver, Request, RunningServer, Sender, Server, ShutdownHandle, SlowSubscriber,
+    UpgradeRequest, WebSocket,
 };
 
 /// The README's Rust examples, compiled as doctests so that they cannot drift from the API.

@@ -20,7 +20,7 @@ mod websocket;
 mod writer;
 
 pub(crate) use close::{finish, linger};
-pub use info::ConnectionInfo;
+pub use info::{ConnectionInfo, Headers};
 pub use receiver::Receiver;
 pub(crate) use receiver::{RxState, DIRECT_READ_MIN};
 #[cfg(feature = "tls")]

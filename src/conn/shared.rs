@@ -154,7 +154,7 @@ impl Conn {
             origin: None,
             protocol: None,
             extensions: None,
-            headers: Vec::new(),
+            headers: crate::conn::Headers::empty(),
             sni: None,
         };
         self.info.get().unwrap_or(&EMPTY)

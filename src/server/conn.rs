@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use crate::conn::buffers::ReadBuf;
 use crate::conn::{
-    corked, finish, linger, writer, Conn, ConnectionInfo, Phase, RxState, WebSocket,
+    corked, finish, linger, writer, Conn, ConnectionInfo, Headers, Phase, RxState, WebSocket,
 };
 use crate::proto::close::CloseCode;
 use crate::proto::deflate::{self, Agreed, Compressor};
@@ -203,11 +203,7 @@ fn connection_info(
         protocol,
         extensions: None,
         sni: None,
-        headers: request
-            .headers()
-            .iter()
-            .map(|h| (h.name.to_owned(), h.value.to_vec()))
-            .collect(),
+        headers: Headers::new(request.headers().iter().map(|h| (h.name, h.value))),
     }
 }
 

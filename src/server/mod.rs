@@ -17,7 +17,7 @@
 
 mod conn;
 
-pub use crate::conn::{ConnectionInfo, Receiver, Sender, WebSocket};
+pub use crate::conn::{ConnectionInfo, Headers, Receiver, Sender, WebSocket};
 pub use crate::proto::handshake::{Header, Request, UpgradeRequest};
 
 use std::cell::{Cell, RefCell};

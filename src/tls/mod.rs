@@ -584,6 +584,84 @@ impl Session {
     }
 }
 
+/// The fuzz target's entry (`fuzz/fuzz_targets/tls_records.rs`); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Session, TlsConfig, TlsConnector};
+
+    /// A client and a server that finished a handshake in memory (a self-signed `cert_pem`
+    /// for `localhost`, `key_pem` its key), past rustls, on the record layer.
+    fn pair(cert_pem: &[u8], key_pem: &[u8]) -> (Session, Session) {
+        let config = TlsConfig::from_pem(cert_pem, key_pem).expect("the fuzz certificate");
+        let connector = TlsConnector::with_ca_pem(cert_pem).expect("the fuzz certificate");
+        let mut client = Session::client(&connector, "localhost").expect("client");
+        let mut server = Session::server(&config).expect("server");
+        let (mut to_server, mut to_client, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..4 {
+            let _ = client.open(&mut to_client, &mut plain, &mut to_server);
+            let _ = server.open(&mut to_server, &mut plain, &mut to_client);
+        }
+        assert!(matches!(server, Session::Records(..)), "no take-over");
+        assert!(matches!(client, Session::Records(..)), "no take-over");
+        (client, server)
+    }
+
+    /// Feeds `data` to a server's record layer after a handshake. First byte even: `data[1..]`
+    /// is ciphertext as received (in pieces cut at the values of `data[1..]`). Odd: it is a
+    /// list of records (content type, length byte, content) that the client seals with valid
+    /// keys, so that what lies behind the decryption (content types, alerts, post-handshake
+    /// messages, padding) is reached; then the plaintext opened must be the application data
+    /// sealed, up to the first error or close_notify.
+    pub fn records(cert_pem: &[u8], key_pem: &[u8], data: &[u8]) {
+        let Some((&mode, data)) = data.split_first() else {
+            return;
+        };
+        let (mut client, mut server) = pair(cert_pem, key_pem);
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        if mode % 2 == 0 {
+            let mut incoming = Vec::new();
+            for (i, &b) in data.iter().enumerate() {
+                incoming.push(b);
+                if b % 7 == 0 || i + 1 == data.len() {
+                    if server.open(&mut incoming, &mut plain, &mut out).is_err() {
+                        return;
+                    }
+                }
+            }
+            return;
+        }
+        let Session::Records(sealer, _) = &mut client else {
+            return;
+        };
+        let (mut wire, mut sent, mut rest) = (Vec::new(), Vec::new(), data);
+        let mut sent_done = false;
+        while let [kind, len, tail @ ..] = rest {
+            let len = usize::from(*len).min(tail.len());
+            let (content, tail) = tail.split_at(len);
+            rest = tail;
+            sealer.seal_record(*kind, content, &mut wire).expect("seal");
+            // What the server must hand over: the application data, up to the first record
+            // of another type. Its type is the last byte that is not zero.
+            let mut inner = content.to_vec();
+            inner.push(*kind);
+            match inner.iter().rposition(|&b| b != 0) {
+                Some(end) if inner[end] == 23 && !sent_done => {
+                    sent.extend_from_slice(&inner[..end])
+                }
+                _ => sent_done = true,
+            }
+        }
+        let result = server.open(&mut wire, &mut plain, &mut out);
+        assert!(
+            plain.starts_with(&sent) || sent.starts_with(&plain),
+            "the plaintext differs from what was sealed"
+        );
+        if result.is_ok() && !sent_done {
+            assert_eq!(plain, sent, "application data went missing");
+        }
+    }
+}
+
 /// The write-traffic operations, for either role.
 trait Encrypt {
     fn encrypt(&mut self, plain: &[u8], out: &mut [u8])
@@ -755,6 +833,18 @@ mod tests {
         client.close_notify(&mut alert).unwrap();
         let opened = server.open(&mut alert, &mut plain, &mut out).unwrap();
         assert!(opened.peer_closed);
+
+        // The tickets the server sent after the handshake reached the client's record layer,
+        // which gave them to rustls: the next connection resumes.
+        let mut server = Session::server(&server_config).unwrap();
+        let mut client = Session::client(&connector, "localhost").unwrap();
+        let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+        client.open(&mut Vec::new(), &mut Vec::new(), &mut to_server).unwrap();
+        server.open(&mut to_server, &mut Vec::new(), &mut to_client).unwrap();
+        let Session::Server(c, ..) = &server else {
+            panic!("the server finished a handshake from one flight")
+        };
+        assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     }
 
     #[test]
@@ -967,6 +1057,27 @@ mod tests {
                 .open(&mut incoming, &mut plain, &mut Vec::new())
                 .unwrap_err();
             assert_eq!(e, want);
+        }
+    }
+
+    /// The fuzz target's oracle on its seeds (fuzz/corpus/tls_records): application data
+    /// around padding, close_notify, user_canceled, a key update (whole and cut), a ticket
+    /// sent to a server, a record with no content type, raw ciphertext.
+    #[test]
+    fn the_fuzz_oracle_holds_on_its_seeds() {
+        let (cert, key) = identity();
+        let seeds: [&[u8]; 8] = [
+            b"\x01\x17\x05hello\x17\x03abc",
+            b"\x01\x00\x06hi\x17\x00\x00\x00\x17\x02ok",
+            b"\x01\x17\x04data\x15\x02\x01\x00\x17\x05after",
+            b"\x01\x15\x02\x01\x5a\x17\x03yes",
+            b"\x01\x16\x05\x18\x00\x00\x01\x00\x17\x03new",
+            b"\x01\x16\x08\x04\x00\x00\x04\x01\x02\x03\x04",
+            b"\x01\x00\x04\x00\x00\x00\x00",
+            b"\x00\x17\x03\x03\x00\x14\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+        ];
+        for seed in seeds {
+            fuzzing::records(cert.as_bytes(), key.as_bytes(), seed);
         }
     }
 }
