@@ -123,7 +123,7 @@ impl RxState {
     /// holds it.
     pub(super) async fn fill(&mut self, conn: &Rc<Conn>) -> bool {
         if conn.is_tls() {
-            return self.fill_tls(conn).await;
+            return Box::pin(self.fill_tls(conn)).await;
         }
         if self.start == self.end && self.single.is_none() {
             self.start = 0;
