@@ -61,8 +61,7 @@ fn main() {
         .unwrap_or_else(|e| fail(e, 2));
     let mut connector = Connector::new().compression(compression);
     if let Some(ca) = ca {
-        let tls = uringws::tls::TlsConnector::with_ca_file(ca).unwrap_or_else(|e| fail(e, 2));
-        connector = connector.tls(tls);
+        connector = connector.ca_file(ca).unwrap_or_else(|e| fail(e, 2));
     }
     let base = base.trim_end_matches('/').to_owned();
     match client::block_on(run(&base, &agent, connector)) {

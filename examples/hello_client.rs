@@ -24,7 +24,7 @@ fn main() {
     let result = client::block_on(async {
         let mut connector = Connector::new();
         if let Some(ca) = &ca {
-            connector = connector.tls(uringws::tls::TlsConnector::with_ca_file(ca)?);
+            connector = connector.ca_file(ca)?;
         }
         let ws = connector.connect(&url).await?;
         let (mut rx, tx) = ws.split();

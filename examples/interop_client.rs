@@ -25,8 +25,7 @@ fn messages() -> Vec<OwnedMessage> {
 async fn check(url: &str, compression: Compression, ca: Option<String>) -> Result<String, String> {
     let mut connector = Connector::new().compression(compression);
     if let Some(ca) = ca {
-        let tls = uringws::tls::TlsConnector::with_ca_file(ca).map_err(|e| e.to_string())?;
-        connector = connector.tls(tls);
+        connector = connector.ca_file(ca).map_err(|e| e.to_string())?;
     }
     let ws = connector.connect(url).await.map_err(|e| e.to_string())?;
     let agreed = ws

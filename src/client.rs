@@ -218,6 +218,19 @@ impl Connector {
         self
     }
 
+    /// Trusts the CA certificates of the PEM file `ca` for `wss://`, besides webpki's roots
+    /// (see [`crate::tls::TlsConnector::with_ca_file`]). Errors: [`Error::Tls`] when the file
+    /// cannot be used, or when this build has no TLS (the `tls` feature).
+    pub fn ca_file(self, ca: impl AsRef<std::path::Path>) -> Result<Self> {
+        #[cfg(feature = "tls")]
+        return Ok(self.tls(crate::tls::TlsConnector::with_ca_file(ca)?));
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = ca;
+            Err(Error::Tls("this build has no TLS (the `tls` feature)".into()))
+        }
+    }
+
     /// Offers these subprotocols, in order of preference.
     pub fn protocols<S: Into<String>>(mut self, p: impl IntoIterator<Item = S>) -> Self {
         self.protocols = p.into_iter().map(Into::into).collect();

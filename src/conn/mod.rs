@@ -29,4 +29,4 @@ pub use sender::Sender;
 pub(crate) use shared::{Conn, Offered};
 pub(crate) use timers::{Phase, Timeouts};
 pub use websocket::WebSocket;
-pub(crate) use writer::{corked, writer};
+pub(crate) use writer::{run, writer};

@@ -1,11 +1,9 @@
 //! The send queue's storage and the one-thread signal that wakes the writer.
 
 use std::cell::{Cell, RefCell};
-use std::task::{Poll, Waker};
+use std::task::{Context, Waker};
 
 use bytes::Bytes;
-
-use crate::uring::Op;
 
 /// The send queue.
 #[derive(Default)]
@@ -52,75 +50,52 @@ impl Outbox {
     }
 }
 
-/// A write the connection task submitted for the writer to finish.
-pub(super) enum Handed {
-    InFlight(Op<Vec<u8>>),
-    Done((std::io::Result<usize>, Vec<u8>)),
-}
-
-/// Wakes the one writer task of a connection, with `Notify::notify_one`'s meaning (a wakeup
-/// that finds the writer busy is kept for its next wait) but none of its locking or waiter
-/// list: everything here runs on one thread.
+/// Wakes the task that drives a connection's writes (see `writer::poll_writes`), with
+/// `Notify::notify_one`'s meaning (a wakeup that finds it busy is kept for its next wait) but
+/// none of its locking or waiter list: everything here runs on one thread.
 #[derive(Default)]
 pub(super) struct WriterSignal {
     /// A wakeup not yet consumed.
     pub(super) pending: Cell<bool>,
-    /// The writer, while it waits.
+    /// The task's waker, from its last wait.
     pub(super) waker: RefCell<Option<Waker>>,
-    /// The writer is waiting (its last poll of `notified` was pending).
-    pub(super) waiting: Cell<bool>,
 }
 
 impl WriterSignal {
-    /// Wakes the writer, or leaves the wakeup for its next wait.
+    /// Wakes the task, or leaves the wakeup for its next wait.
     pub(super) fn notify(&self) {
         self.pending.set(true);
-        let waker = self.waker.borrow_mut().take();
+        let waker = self.waker.borrow().clone();
         if let Some(waker) = waker {
             waker.wake();
         }
     }
 
-    /// Waits for a wakeup (returns at once if one is pending).
-    pub(super) async fn notified(&self) {
-        std::future::poll_fn(|cx| {
-            if self.pending.replace(false) {
-                self.waiting.set(false);
-                return Poll::Ready(());
-            }
-            let mut waker = self.waker.borrow_mut();
-            match &mut *waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                other => *other = Some(cx.waker().clone()),
-            }
-            self.waiting.set(true);
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// The waiting writer's waker, if it waits with no wakeup pending.
-    pub(super) fn idle_writer(&self) -> Option<Waker> {
-        if !self.waiting.get() || self.pending.get() {
-            return None;
+    /// Registers `cx` for the next wakeup; true (and consumed) when one is already pending.
+    pub(super) fn register(&self, cx: &Context<'_>) -> bool {
+        if self.pending.replace(false) {
+            return true;
         }
-        self.waker.borrow().clone()
+        let mut waker = self.waker.borrow_mut();
+        match &mut *waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            other => *other = Some(cx.waker().clone()),
+        }
+        false
     }
 
-    /// Marks a wakeup pending without waking the writer: something else (a write it was
-    /// handed) will wake it.
-    pub(super) fn set_pending(&self) {
-        self.pending.set(true);
+    /// The waker of the task that drives the writes, once it has waited.
+    pub(super) fn waker(&self) -> Option<Waker> {
+        self.waker.borrow().clone()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::{Context, Wake};
+    use std::task::Wake;
 
     struct Count(AtomicUsize);
 
@@ -131,23 +106,22 @@ mod tests {
     }
 
     #[test]
-    fn writer_signal_keeps_a_wakeup_and_wakes_a_waiting_writer() {
+    fn writer_signal_keeps_a_wakeup_and_wakes_a_waiting_task() {
         let signal = WriterSignal::default();
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        // A wakeup sent while the writer is busy is kept for its next wait, once.
+        let cx = Context::from_waker(&waker);
+        // A wakeup sent before the task waits is kept for its next wait, once.
         signal.notify();
         signal.notify();
-        let mut wait = std::pin::pin!(signal.notified());
-        assert!(wait.as_mut().poll(&mut cx).is_ready());
-        let mut wait = std::pin::pin!(signal.notified());
-        assert!(wait.as_mut().poll(&mut cx).is_pending());
-        assert!(wait.as_mut().poll(&mut cx).is_pending(), "polled again");
+        assert!(signal.register(&cx));
+        assert!(!signal.register(&cx));
+        assert!(!signal.register(&cx), "registered again");
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
-        // A waiting writer is woken once, and its wait then completes.
+        // A waiting task is woken, and its next registration sees the wakeup.
         signal.notify();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        assert!(signal.register(&cx));
+        assert!(signal.waker().is_some());
     }
 }

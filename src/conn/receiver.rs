@@ -488,7 +488,9 @@ impl RxState {
 /// The receiving half of a WebSocket.
 pub struct Receiver {
     pub(super) conn: Rc<Conn>,
-    pub(super) state: RxState,
+    /// Boxed: the application's handler future holds the receiver, usually twice over
+    /// (the `WebSocket`, then its half), for the connection's whole life.
+    pub(super) state: Box<RxState>,
 }
 
 impl Receiver {
@@ -576,7 +578,7 @@ impl Drop for Receiver {
         let pool = self.state.pool.clone();
         let state = std::mem::replace(
             &mut self.state,
-            RxState {
+            Box::new(RxState {
                 buf: ReadBuf::Taken,
                 start: 0,
                 end: 0,
@@ -588,9 +590,9 @@ impl Drop for Receiver {
                 large: false,
                 peer_close: None,
                 finished: true,
-            },
+            }),
         );
-        *self.conn.returned_rx.borrow_mut() = Some(Box::new(state));
+        *self.conn.returned_rx.borrow_mut() = Some(state);
         self.conn.rx_dropped.notify_one();
     }
 }

@@ -3,10 +3,8 @@
 
 use std::any::Any;
 use std::cell::{Cell, OnceCell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::{Rc, Weak};
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,10 +14,10 @@ use tokio::sync::Notify;
 use crate::conn::buffers::{BufferPool, LARGE_MIN};
 use crate::conn::{
     info::ConnectionInfo,
-    outbox::{Handed, Outbox, WriterSignal},
+    outbox::{Outbox, WriterSignal},
     receiver::RxState,
     timers::{Phase, Timeouts},
-    writer::KEEP_WRITE_CAPACITY,
+    writer::{Flight, KEEP_WRITE_CAPACITY},
 };
 use crate::error::{Error, Result};
 use crate::proto::close::{write_close_payload, CloseCode};
@@ -71,8 +69,8 @@ pub(crate) struct Conn {
     pub(super) in_handler: Cell<bool>,
     /// Frames were queued during that poll and the writer was not told yet.
     pub(super) corked: Cell<bool>,
-    /// A write submitted by the connection task, for the writer to finish.
-    pub(super) handed: RefCell<Option<Handed>>,
+    /// The write in flight (see [`super::writer::poll_writes`]).
+    pub(super) flight: RefCell<Option<Flight>>,
     /// Wakes senders when queue space frees up, and waiters for the writer's end.
     pub(super) progress: Notify,
     /// This connection, for the thread's timers (which must not keep it alive).
@@ -127,7 +125,7 @@ impl Conn {
             wake_writer: WriterSignal::default(),
             in_handler: Cell::new(false),
             corked: Cell::new(false),
-            handed: RefCell::new(None),
+            flight: RefCell::new(None),
             progress: Notify::new(),
             phase: Cell::new(Phase::Handshake),
             last_activity: Cell::new(Instant::now()),
@@ -403,14 +401,14 @@ impl Conn {
         self.queued();
     }
 
-    /// Tells the writer that frames were queued: at once, or, while the connection task
-    /// polls the handler, when that poll ends (so that every reply it produced goes out in
-    /// one write).
+    /// Starts the write of frames just queued: at once, or, while the connection task polls
+    /// the handler, when that poll ends (so that every reply it produced goes out in one
+    /// write).
     pub(super) fn queued(&self) {
         if self.in_handler.get() {
             self.corked.set(true);
         } else {
-            self.wake_writer.notify();
+            self.kick();
         }
     }
 
@@ -427,47 +425,23 @@ impl Conn {
         self.flush_corked();
     }
 
-    /// At the end of a poll of the handler: when frames were queued during it and the writer
-    /// is idle, submits their write here, registered with the writer's waker, so that the
-    /// writer runs once, when the write completes, instead of also once to start it.
-    /// Otherwise wakes the writer.
+    /// After a pass that queued frames outside the handler's poll: starts their write.
     pub(super) fn flush_corked(&self) {
-        if !self.corked.replace(false) {
-            return;
+        if self.corked.replace(false) {
+            self.kick();
         }
-        let batch = match self.wake_writer.idle_writer() {
-            Some(waker) if self.handed.borrow().is_none() => {
-                let mut ob = self.outbox.borrow_mut();
-                if ob.in_flight != 0 || ob.failed {
-                    None
-                } else if self.is_tls() {
-                    drop(ob);
-                    super::writer::seal_queued(self).map(|sealed| (waker, sealed))
-                } else if ob.chunks.is_empty() {
-                    ob.take_batch().map(|b| (waker, Ok(b)))
-                } else {
-                    None
-                }
+    }
+
+    /// Drives the writes here and now (see [`super::writer::poll_writes`]) with the waker of
+    /// the task that drives them, so that it is woken when the write completes, not also to
+    /// start it; before that task first waited, leaves it a wakeup instead.
+    fn kick(&self) {
+        match self.wake_writer.waker() {
+            Some(waker) => {
+                let _ = super::writer::poll_writes(self, &mut Context::from_waker(&waker));
             }
-            _ => None,
-        };
-        let Some((waker, batch)) = batch else {
-            self.wake_writer.notify();
-            return;
-        };
-        let handed = match batch.and_then(|b| self.stream.start_write(b, 0)) {
-            Ok(mut write) => {
-                // The write is not in the kernel yet (that happens at the end of this loop
-                // turn), so this registers the writer's waker with it.
-                match Pin::new(&mut write).poll(&mut Context::from_waker(&waker)) {
-                    Poll::Pending => Handed::InFlight(write),
-                    Poll::Ready(done) => Handed::Done(crate::uring::sent(done)),
-                }
-            }
-            Err(e) => Handed::Done((Err(e), Vec::new())),
-        };
-        *self.handed.borrow_mut() = Some(handed);
-        self.wake_writer.set_pending();
+            None => self.wake_writer.notify(),
+        }
     }
 
     /// Waits while more than the send-queue limit (control frames included) is pending, so

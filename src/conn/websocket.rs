@@ -68,7 +68,7 @@ impl WebSocket {
         WebSocket {
             rx: Receiver {
                 conn: conn.clone(),
-                state,
+                state: Box::new(state),
             },
             tx: Sender { conn },
         }

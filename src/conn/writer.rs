@@ -1,17 +1,21 @@
-//! The writer task, which owns the socket's single in-flight write: control frames first,
-//! queued frames coalesced into one write, shared payloads written from where they are; and the
-//! corking that sends every reply of one handler poll in one write.
+//! The connection's writes: one in flight at a time, control frames first, queued frames
+//! coalesced into one write, shared payloads written from where they are, records sealed on a
+//! TLS connection. A poll-driven machine ([`poll_writes`]) that the server's connection task
+//! runs after each poll of its handler (so there is no writer task), and that a writer task
+//! runs for the client.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-/// A write's outcome: the bytes written, and the buffer back.
-type Written<T> = (std::io::Result<T>, Vec<u8>);
-
 use crate::conn::buffers::LARGE_MIN;
-use crate::conn::{outbox::Handed, shared::Conn};
+use crate::conn::close::finish;
+use crate::conn::shared::Conn;
+use crate::proto::close::CloseCode;
+use crate::uring::{sent, Op, Parts};
 
 /// Buffers in one vectored write, well under the kernel's `UIO_MAXIOV` (1024).
 pub(super) const MAX_IOVECS: usize = 256;
@@ -19,90 +23,173 @@ pub(super) const MAX_IOVECS: usize = 256;
 /// The write buffers are released after a write when they grew past this capacity.
 pub(super) const KEEP_WRITE_CAPACITY: usize = 256 << 10;
 
-/// The writer task: one write in flight at a time, control frames first, every queued frame
-/// coalesced into one `write_all`. A write the connection task started for it (see
-/// [`Conn::flush_corked`]) is finished first.
-pub(crate) async fn writer(conn: Rc<Conn>) {
+/// The write in flight.
+pub(crate) enum Flight {
+    /// A batch of frames, or sealed records (`sealed`): `buf[done..]` is being sent.
+    Buf {
+        op: Op<Vec<u8>>,
+        done: usize,
+        sealed: bool,
+    },
+    /// Shared payloads in order: the first ones are being sent, `rest` holds them all (in
+    /// reverse order: the next to send is last).
+    Parts { op: Op<Parts>, rest: Vec<Bytes> },
+}
+
+/// What polling the write in flight gave.
+enum Step {
+    Pending(Flight),
+    /// It continues with another write (the rest of a partial one).
+    Next(Flight),
+    /// It ended.
+    Done(std::io::Result<()>),
+}
+
+/// Drives the connection's writes: finishes the write in flight (writing what a partial one
+/// left), then starts one with everything queued, and registers `cx` to be woken for either.
+/// Ready once the writer is done: after the close frame was written, or when the write side
+/// failed.
+pub(crate) fn poll_writes(conn: &Conn, cx: &mut Context<'_>) -> Poll<()> {
     loop {
-        // A write the connection task started comes first: it holds the oldest frames.
-        let handed = conn.handed.borrow_mut().take();
-        if let Some(handed) = handed {
-            let done = match handed {
-                Handed::InFlight(write) => crate::uring::sent(write.await),
-                Handed::Done(done) => done,
-            };
-            if !finish_batch(&conn, done).await {
-                return;
-            }
-            continue;
-        }
-        if conn.is_tls() {
-            if !write_sealed(&conn).await {
-                return;
-            }
-            continue;
-        }
-        let shared = take_chunks(&conn);
-        if !shared.is_empty() {
-            // Boxed: only large shared payloads come this way, and the writer's future,
-            // which every idle connection holds, stays small.
-            let res = Box::pin(write_chunks(&conn, shared)).await;
-            if !finish_write(&conn, res) {
-                return;
-            }
-            continue;
-        }
-        let batch = {
-            let mut ob = conn.outbox.borrow_mut();
-            match ob.take_batch() {
-                Some(batch) => Some(batch),
-                None if ob.close_queued || ob.failed => {
-                    ob.writer_done = true;
-                    drop(ob);
-                    conn.progress.notify_waiters();
-                    return;
+        let flight = conn.flight.borrow_mut().take();
+        if let Some(flight) = flight {
+            match step(conn, flight, cx) {
+                Step::Pending(f) => {
+                    *conn.flight.borrow_mut() = Some(f);
+                    return Poll::Pending;
                 }
-                None => None,
+                Step::Next(f) => {
+                    *conn.flight.borrow_mut() = Some(f);
+                    continue;
+                }
+                Step::Done(res) => {
+                    if !finish_write(conn, res) {
+                        return Poll::Ready(());
+                    }
+                }
             }
-        };
-        let Some(batch) = batch else {
-            conn.wake_writer.notified().await;
-            continue;
-        };
-        let done = conn.stream.write_at(batch, 0).await;
-        if !finish_batch(&conn, done).await {
-            return;
+        }
+        if conn.outbox.borrow().writer_done {
+            return Poll::Ready(());
+        }
+        match start_next(conn) {
+            Ok(Some(f)) => *conn.flight.borrow_mut() = Some(f),
+            Ok(None) => {
+                let done = {
+                    let mut ob = conn.outbox.borrow_mut();
+                    ob.writer_done = ob.close_queued || ob.failed;
+                    ob.writer_done
+                };
+                if done {
+                    conn.progress.notify_waiters();
+                    return Poll::Ready(());
+                }
+                if !conn.wake_writer.register(cx) {
+                    return Poll::Pending;
+                }
+            }
+            Err(e) => {
+                if !finish_write(conn, Err(e)) {
+                    return Poll::Ready(());
+                }
+            }
         }
     }
 }
 
-/// The writer's turn on a TLS connection: everything queued, sealed, in one write (see
-/// [`seal_queued`]); waits when nothing is queued. False when the writer is done (closed or
-/// failed).
-async fn write_sealed(conn: &Conn) -> bool {
-    let Some(sealed) = seal_queued(conn) else {
-        let done = {
-            let mut ob = conn.outbox.borrow_mut();
-            ob.writer_done = ob.close_queued || ob.failed;
-            ob.writer_done
+/// The writer task of a connection whose own task does not drive its writes (the client's:
+/// the application owns that task).
+pub(crate) async fn writer(conn: Rc<Conn>) {
+    std::future::poll_fn(|cx| poll_writes(&conn, cx)).await
+}
+
+/// Polls the write in flight.
+fn step(conn: &Conn, flight: Flight, cx: &mut Context<'_>) -> Step {
+    match flight {
+        Flight::Buf {
+            mut op,
+            done,
+            sealed,
+        } => {
+            let Poll::Ready(out) = Pin::new(&mut op).poll(cx) else {
+                return Step::Pending(Flight::Buf { op, done, sealed });
+            };
+            let (res, buf) = sent(out);
+            match res {
+                Ok(n) if n > 0 && done + n < buf.len() => start_buf(conn, buf, done + n, sealed)
+                    .map_or_else(|e| Step::Done(Err(e)), Step::Next),
+                Ok(0) if done < buf.len() => Step::Done(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(_) if sealed => {
+                    // A large sealed batch's buffer serves the next one (and other
+                    // connections'); the batch it sealed was kept as the spare.
+                    conn.pool.put_large(buf);
+                    Step::Done(Ok(()))
+                }
+                Ok(_) => {
+                    keep_spare(conn, buf);
+                    Step::Done(Ok(()))
+                }
+                Err(e) => Step::Done(Err(e)),
+            }
+        }
+        Flight::Parts { mut op, mut rest } => {
+            let Poll::Ready((c, sent_parts)) = Pin::new(&mut op).poll(cx) else {
+                return Step::Pending(Flight::Parts { op, rest });
+            };
+            // The kernel is done with them: a payload written whole can go back to the pool.
+            drop(sent_parts);
+            let mut n = match c.io() {
+                Ok(0) => return Step::Done(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => n as usize,
+                Err(e) => return Step::Done(Err(e)),
+            };
+            while n > 0 {
+                let Some(first) = rest.last_mut() else { break };
+                if n < first.len() {
+                    bytes::Buf::advance(first, n);
+                    break;
+                }
+                n -= first.len();
+                recycle(conn, rest.pop().unwrap_or_default());
+            }
+            if rest.is_empty() {
+                return Step::Done(Ok(()));
+            }
+            start_parts(conn, rest).map_or_else(|e| Step::Done(Err(e)), Step::Next)
+        }
+    }
+}
+
+/// Starts a write of everything queued (sealed on a TLS connection); `None` when nothing is.
+fn start_next(conn: &Conn) -> std::io::Result<Option<Flight>> {
+    if conn.is_tls() {
+        return match seal_queued(conn) {
+            Some(sealed) => start_buf(conn, sealed?, 0, true).map(Some),
+            None => Ok(None),
         };
-        if done {
-            conn.progress.notify_waiters();
-            return false;
-        }
-        conn.wake_writer.notified().await;
-        return true;
-    };
-    let res = match sealed {
-        Ok(wire) => {
-            let (res, wire) = conn.stream.write_all(wire).await;
-            // A large sealed batch's buffer serves the next one (and other connections').
-            conn.pool.put_large(wire);
-            res
-        }
-        Err(e) => Err(e),
-    };
-    finish_write(conn, res)
+    }
+    let mut parts = take_chunks(conn);
+    if !parts.is_empty() {
+        parts.reverse();
+        return start_parts(conn, parts).map(Some);
+    }
+    let batch = conn.outbox.borrow_mut().take_batch();
+    match batch {
+        Some(batch) => start_buf(conn, batch, 0, false).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn start_buf(conn: &Conn, buf: Vec<u8>, done: usize, sealed: bool) -> std::io::Result<Flight> {
+    let op = conn.stream.start_write(buf, done)?;
+    Ok(Flight::Buf { op, done, sealed })
+}
+
+/// Starts a vectored write of the first (at most `MAX_IOVECS`) of `rest` (reversed).
+fn start_parts(conn: &Conn, rest: Vec<Bytes>) -> std::io::Result<Flight> {
+    let batch: Vec<Bytes> = rest.iter().rev().take(MAX_IOVECS).cloned().collect();
+    let op = conn.stream.start_writev(batch)?;
+    Ok(Flight::Parts { op, rest })
 }
 
 /// Everything queued on a TLS connection (the shared chunks with the rest, in order, and any
@@ -126,50 +213,57 @@ pub(super) fn seal_queued(conn: &Conn) -> Option<std::io::Result<Vec<u8>>> {
     }
 }
 
-/// After one write of a batch: writes what it left (a partial write, rare), keeps the buffer
-/// and finishes the write as [`finish_write`] does.
-pub(super) async fn finish_batch(conn: &Conn, done: Written<usize>) -> bool {
-    let (res, buf) = match done {
-        (Ok(n), buf) if n == buf.len() => (Ok(()), buf),
-        // Boxed: the writer's future, which every idle connection holds, stays small.
-        partial => Box::pin(write_rest(conn, partial)).await,
-    };
-    keep_spare(conn, buf);
-    finish_write(conn, res)
-}
-
-/// Runs the application's handler for the connection task. Frames the handler queues
-/// during one poll are announced to the writer once, when the poll ends (see
-/// [`Conn::flush_corked`]); frames queued from other tasks wake the writer at once.
-pub(crate) async fn corked<F: Future>(conn: &Conn, handler: F) -> F::Output {
+/// Runs the handler on an open WebSocket, then completes the closing handshake. This task
+/// also drives the connection's writes: after every poll, what the poll queued leaves in one
+/// write (see [`poll_writes`]). A poll of the handler is marked (`in_handler`), so that what
+/// it queues waits for that write instead of starting one per frame.
+pub(crate) async fn run(
+    conn: Rc<Conn>,
+    mut handler: Pin<Box<dyn Future<Output = crate::Result<()>>>>,
+) {
     /// Ends the handler's poll even when it unwinds.
     struct InHandler<'a>(&'a Conn);
     impl Drop for InHandler<'_> {
         fn drop(&mut self) {
             self.0.in_handler.set(false);
-            if std::thread::panicking() {
-                // The handler panicked and the connection goes with its task; no write.
-                return;
-            }
-            self.0.flush_corked();
         }
     }
-    let mut handler = std::pin::pin!(handler);
+    let rc = &conn;
+    let conn = &**rc;
+    // The closing handshake, once the handler returned. (Boxed: it is needed only at the end,
+    // and this future lives as long as the connection.)
+    let mut closing: Option<Pin<Box<dyn Future<Output = ()> + '_>>> = None;
+    // The phase is already `Open` (or `Closing`, when a shutdown came during the 101).
     std::future::poll_fn(|cx| {
-        conn.in_handler.set(true);
-        let _poll = InHandler(conn);
-        handler.as_mut().poll(cx)
+        if closing.is_none() {
+            conn.in_handler.set(true);
+            let polled = {
+                let _poll = InHandler(conn);
+                handler.as_mut().poll(cx)
+            };
+            if let Poll::Ready(result) = polled {
+                let code = match result {
+                    Ok(()) => CloseCode::NORMAL,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "handler ended with an error");
+                        CloseCode::INTERNAL_ERROR
+                    }
+                };
+                closing = Some(Box::pin(finish(rc, code)));
+            }
+        }
+        let closed = closing
+            .as_mut()
+            .is_some_and(|f| f.as_mut().poll(cx).is_ready());
+        conn.corked.set(false);
+        let _ = poll_writes(conn, cx);
+        if closed {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     })
     .await
-}
-
-/// After a single write of `buf` that wrote `res` bytes, writes the rest, as `write_all`.
-pub(super) async fn write_rest(conn: &Conn, (res, buf): Written<usize>) -> Written<()> {
-    match res {
-        Ok(0) if !buf.is_empty() => (Err(std::io::ErrorKind::WriteZero.into()), buf),
-        Ok(n) => conn.stream.write_all_from(buf, n).await,
-        Err(e) => (Err(e), buf),
-    }
 }
 
 /// Keeps a written batch buffer for the next batch, or gives a large one to the pool.
@@ -224,31 +318,6 @@ pub(super) fn take_chunks(conn: &Conn) -> Vec<Bytes> {
     ob.in_flight = parts.iter().map(Bytes::len).sum();
     ob.chunks_len = 0;
     parts
-}
-
-/// Writes `parts` in order with vectored writes (at most `MAX_IOVECS` at a time), resuming
-/// after partial writes. Large payload buffers that nobody else holds go back to the pool.
-pub(super) async fn write_chunks(conn: &Conn, mut parts: Vec<Bytes>) -> std::io::Result<()> {
-    parts.reverse();
-    while !parts.is_empty() {
-        let batch: Vec<Bytes> = parts.iter().rev().take(MAX_IOVECS).cloned().collect();
-        let (res, batch) = conn.stream.writev(batch).await;
-        drop(batch);
-        let mut n = res?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 {
-            let Some(first) = parts.last_mut() else { break };
-            if n < first.len() {
-                bytes::Buf::advance(first, n);
-                break;
-            }
-            n -= first.len();
-            recycle(conn, parts.pop().unwrap_or_default());
-        }
-    }
-    Ok(())
 }
 
 /// Gives a written large payload's buffer back to the pool, if nobody else holds it.

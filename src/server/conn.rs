@@ -2,16 +2,12 @@
 //! multishot receive, plain HTTP answers, the handler's run and the closing handshake. Its
 //! timeouts are on the thread's timers from the accept on.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+
 use std::rc::Rc;
 
 use crate::conn::buffers::ReadBuf;
-use crate::conn::{
-    corked, finish, linger, writer, Conn, ConnectionInfo, Headers, Phase, RxState, WebSocket,
-};
-use crate::proto::close::CloseCode;
+use crate::conn::{linger, run, Conn, ConnectionInfo, Headers, Phase, RxState, WebSocket};
 use crate::proto::deflate::{self, Agreed, Compressor};
 use crate::proto::frame::Role;
 use crate::proto::handshake::{self, Handshake, HeadScanner, UpgradeRequest};
@@ -221,20 +217,4 @@ async fn refuse(conn: &Conn, e: &handshake::HandshakeError, peer: SocketAddr) {
 async fn finish_plain(conn: &Conn) {
     linger(conn).await;
     conn.set_phase(Phase::Done);
-}
-
-/// Runs the handler on an open WebSocket, then completes the closing handshake.
-async fn run(conn: Rc<Conn>, handler: Pin<Box<dyn Future<Output = crate::Result<()>>>>) {
-    // The phase is already `Open` (or `Closing`, when a shutdown came during the 101).
-    let writer_task = tokio::task::spawn_local(writer(conn.clone()));
-    let result = corked(&conn, handler).await;
-    if let Err(e) = &result {
-        tracing::debug!(error = %e, "handler ended with an error");
-    }
-    let code = match result {
-        Ok(()) => CloseCode::NORMAL,
-        Err(_) => CloseCode::INTERNAL_ERROR,
-    };
-    Box::pin(finish(&conn, code)).await;
-    let _ = writer_task.await;
 }

@@ -622,10 +622,9 @@ pub mod fuzzing {
             let mut incoming = Vec::new();
             for (i, &b) in data.iter().enumerate() {
                 incoming.push(b);
-                if b % 7 == 0 || i + 1 == data.len() {
-                    if server.open(&mut incoming, &mut plain, &mut out).is_err() {
-                        return;
-                    }
+                let cut = b % 7 == 0 || i + 1 == data.len();
+                if cut && server.open(&mut incoming, &mut plain, &mut out).is_err() {
+                    return;
                 }
             }
             return;
@@ -839,8 +838,12 @@ mod tests {
         let mut server = Session::server(&server_config).unwrap();
         let mut client = Session::client(&connector, "localhost").unwrap();
         let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
-        client.open(&mut Vec::new(), &mut Vec::new(), &mut to_server).unwrap();
-        server.open(&mut to_server, &mut Vec::new(), &mut to_client).unwrap();
+        client
+            .open(&mut Vec::new(), &mut Vec::new(), &mut to_server)
+            .unwrap();
+        server
+            .open(&mut to_server, &mut Vec::new(), &mut to_client)
+            .unwrap();
         let Session::Server(c, ..) = &server else {
             panic!("the server finished a handshake from one flight")
         };

@@ -292,7 +292,12 @@ impl RecordLayer {
     }
 
     /// Appends one record of `kind` carrying `content` (at most `MAX_PLAIN` bytes).
-    pub(super) fn seal_record(&mut self, kind: u8, content: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+    pub(super) fn seal_record(
+        &mut self,
+        kind: u8,
+        content: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
         if self.tx.seq >= self.tx_limit && kind == APPLICATION_DATA {
             self.update_tx(out)?;
         }

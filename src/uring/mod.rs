@@ -22,8 +22,10 @@ use tokio::io::Interest;
 
 pub(crate) use bufring::RecvBuf;
 pub(crate) use driver::{Completion, RingConfig};
-pub(crate) use net::{received, recv_append, recv_next, sent, Chunk, TcpStream};
-pub(crate) use ops::{AcceptMulti, Op, Received, RecvMulti};
+pub(crate) use net::{received, recv_append, sent, TcpStream};
+#[cfg(feature = "tls")]
+pub(crate) use net::{recv_next, Chunk};
+pub(crate) use ops::{AcceptMulti, Op, Parts, Received, RecvMulti};
 
 use driver::{Driver, Handle};
 

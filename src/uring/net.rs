@@ -2,6 +2,7 @@
 //! buffers, a vectored send of shared payloads, connect, and a close that goes through the ring
 //! behind any submission still queued for the descriptor.
 
+#[cfg(feature = "tls")]
 use super::bufring::RecvBuf;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -10,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawF
 use bytes::Bytes;
 use io_uring::{opcode, types};
 
-use super::ops::{self, Op, Received, RecvMulti};
+use super::ops::{self, Op, Parts, Received, RecvMulti};
 use super::try_driver;
 use super::Completion;
 
@@ -141,15 +142,10 @@ impl TcpStream {
         (Ok(()), buf)
     }
 
-    /// Sends `parts` in order with one vectored send; returns the bytes sent (maybe fewer).
-    pub(crate) async fn writev(&self, parts: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
-        match ops::send_parts(self.raw(), parts) {
-            Ok(op) => {
-                let (c, sent) = op.await;
-                (c.io().map(|n| n as usize), sent.parts)
-            }
-            Err(e) => (Err(e), Vec::new()),
-        }
+    /// Starts sending `parts` in order with one vectored send (at most 1,024 of them); the
+    /// operation completes with the bytes sent, which may be fewer.
+    pub(crate) fn start_writev(&self, parts: Vec<Bytes>) -> io::Result<Op<Parts>> {
+        ops::send_parts(self.raw(), parts)
     }
 
     /// Starts a multishot receive into the ring's buffers.
@@ -201,12 +197,14 @@ impl Drop for TcpStream {
 }
 
 /// What [`recv_next`] received: a ring buffer the kernel filled, or (when the ring ran dry) a
-/// heap buffer of one single-shot read.
+/// heap buffer of one single-shot read. (For the TLS layer, which opens records where they lie.)
+#[cfg(feature = "tls")]
 pub(crate) enum Chunk {
     Ring(RecvBuf),
     Heap(Vec<u8>),
 }
 
+#[cfg(feature = "tls")]
 impl std::ops::Deref for Chunk {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -217,6 +215,7 @@ impl std::ops::Deref for Chunk {
     }
 }
 
+#[cfg(feature = "tls")]
 impl std::ops::DerefMut for Chunk {
     fn deref_mut(&mut self) -> &mut [u8] {
         match self {
@@ -229,6 +228,7 @@ impl std::ops::DerefMut for Chunk {
 /// Waits for the next delivery of the multishot receive `recv` (armed, or re-armed after it
 /// ended, on `stream`); `None` at EOF. Cancellation safe: nothing is taken from the caller,
 /// and what arrives after a cancelled call waits in the driver.
+#[cfg(feature = "tls")]
 pub(crate) async fn recv_next(
     recv: &mut Option<RecvMulti>,
     stream: &TcpStream,

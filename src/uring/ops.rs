@@ -256,8 +256,9 @@ pub(crate) fn send<B: StableBuf>(fd: RawFd, buf: B, offset: usize) -> io::Result
 
 /// What a vectored send owns while in flight: the parts, their iovecs and the header.
 pub(crate) struct Parts {
-    pub(crate) parts: Vec<bytes::Bytes>,
     // Only kept alive for the kernel, which reads them until the completion.
+    #[allow(dead_code)]
+    parts: Vec<bytes::Bytes>,
     #[allow(dead_code)]
     iovecs: Box<[libc::iovec]>,
     #[allow(dead_code)]
