@@ -1,11 +1,12 @@
 //! What both roles share: one open WebSocket connection over io_uring. The receiving half
 //! reads into the connection's buffer and hands out borrowed messages; the sending half queues
-//! frames under a byte limit; the writer task owns the socket's single in-flight write; the
+//! frames under a byte limit; the writes (one in flight at a time) are driven by the server's
+//! connection task itself, after each poll of its handler (a writer task on the client); the
 //! thread's timers enforce the timeouts. Nothing here knows who accepted or connected the socket.
 //!
-//! Replies are corked: `send` only appends an encoded frame to the queue; the writer runs when
-//! the handler next waits (typically for the next read), so every reply produced from one read
-//! goes out in one write. Control frames jump the queue.
+//! Replies are corked: `send` only appends an encoded frame to the queue; the write starts
+//! when the handler's poll ends (typically waiting for the next read), so every reply produced
+//! from one read goes out in one write. Control frames jump the queue.
 
 pub(crate) mod buffers;
 mod close;
