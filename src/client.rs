@@ -227,7 +227,9 @@ impl Connector {
         #[cfg(not(feature = "tls"))]
         {
             let _ = ca;
-            Err(Error::Tls("this build has no TLS (the `tls` feature)".into()))
+            Err(Error::Tls(
+                "this build has no TLS (the `tls` feature)".into(),
+            ))
         }
     }
 
