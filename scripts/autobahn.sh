@@ -257,10 +257,12 @@ SERVER_LOG="$WORK/server.log"
 TIMEOUT_SECS="${UWS_AUTOBAHN_TIMEOUT:-1500}"
 
 # Summarises $OUTDIR/index.json: a full run (all cases) into scripts/$1, a partial run into
-# $WORK/$2 (so that it cannot overwrite the committed summary); $3 names the mode.
+# $WORK/$2 (so that it cannot overwrite the committed summary); $3 names the mode. A run whose
+# wstest or testee failed (a timeout, say) counts as partial (RUN_OK=0).
+RUN_OK=1
 summarize() {
     local summary
-    if [[ "$CASES" == '*' && "$COMPRESSION" == shared ]]; then
+    if [[ "$CASES" == '*' && "$COMPRESSION" == shared && $RUN_OK -eq 1 ]]; then
         summary="$SCRIPT_DIR/$1"
         [[ $TLS -eq 0 ]] || summary="$SCRIPT_DIR/${1%-summary.txt}-tls-summary.txt"
     else
@@ -327,6 +329,7 @@ PY
         "${TESTEE_TLS[@]}" \
         > "$WORK/testee.log" 2>&1 || testee_status=$?
     summary_status=0
+    [[ $testee_status -eq 0 ]] || RUN_OK=0
     summarize "autobahn-client-summary.txt" "client-summary.txt" "fuzzingserver (client role)" \
         || summary_status=$?
     if [[ $testee_status -ne 0 ]]; then
@@ -435,6 +438,7 @@ server_alive || server_ok=0
 stop_server
 
 summary_status=0
+[[ $wstest_status -eq 0 && $server_ok -eq 1 ]] || RUN_OK=0
 summarize "autobahn-summary.txt" "summary.txt" "fuzzingclient (server role)" || summary_status=$?
 
 status=0

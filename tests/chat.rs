@@ -26,9 +26,10 @@ impl Chat {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        stderr.read_line(&mut line).unwrap();
+        // Keep reading: a closed pipe would make the server's next log line fail.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         let addr = line
             .trim()
             .strip_prefix("uringws chat listening on http://")
