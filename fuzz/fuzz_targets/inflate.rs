@@ -50,10 +50,18 @@ fuzz_target!(|data: &[u8]| {
         let n = (len as usize).min(tail.len());
         let (bytes, after) = tail.split_at(n);
         rest = after;
-        let opcode = [OpCode::Text, OpCode::Binary, OpCode::Continuation, OpCode::Ping]
-            [(flags & 3) as usize];
+        let opcode = [
+            OpCode::Text,
+            OpCode::Binary,
+            OpCode::Continuation,
+            OpCode::Ping,
+        ][(flags & 3) as usize];
         let payload = if flags & 0x10 != 0 {
-            let plain = if flags & 0x20 != 0 { bytes.repeat(64) } else { bytes.to_vec() };
+            let plain = if flags & 0x20 != 0 {
+                bytes.repeat(64)
+            } else {
+                bytes.to_vec()
+            };
             let mut z = Vec::new();
             compressor.compress(&plain, &mut z);
             z
@@ -62,8 +70,19 @@ fuzz_target!(|data: &[u8]| {
         };
         let rsv = if flags & 8 != 0 { 0x40 } else { 0 };
         let fin = flags & 4 != 0 || opcode == OpCode::Ping;
-        let payload = if opcode == OpCode::Ping { &payload[..payload.len().min(125)] } else { &payload[..] };
-        write_frame_rsv(&mut wire, fin, rsv, opcode, Some([0x11, 0x22, 0x33, 0x44]), payload);
+        let payload = if opcode == OpCode::Ping {
+            &payload[..payload.len().min(125)]
+        } else {
+            &payload[..]
+        };
+        write_frame_rsv(
+            &mut wire,
+            fin,
+            rsv,
+            opcode,
+            Some([0x11, 0x22, 0x33, 0x44]),
+            payload,
+        );
     }
     let config = ReaderConfig {
         inline_limit,
@@ -74,6 +93,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let sizes = piece_sizes(wire.len(), b2);
     let pieces = drive(config, &wire, &sizes, inline_limit, true, Direct::No);
-    let whole = drive(config, &wire, &[wire.len()], inline_limit.max(wire.len()), false, Direct::No);
+    let whole = drive(
+        config,
+        &wire,
+        &[wire.len()],
+        inline_limit.max(wire.len()),
+        false,
+        Direct::No,
+    );
     assert_eq!(pieces, whole, "pieces {sizes:?}");
 });

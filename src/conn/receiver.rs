@@ -95,6 +95,9 @@ impl RxState {
         pool: Rc<BufferPool>,
         recv: Option<RecvMulti>,
     ) -> Self {
+        let mut reader = reader;
+        // Large frames are reassembled in the pool's buffers (see `BufferPool::take_large`).
+        reader.request_buffers(LARGE_MIN);
         RxState {
             buf,
             start,
@@ -428,6 +431,14 @@ impl RxState {
             };
             self.start = base + advance.consumed;
             let Some(ready) = advance.ready else {
+                if let Some(capacity) = self.reader.wants_buffer() {
+                    // A large frame starts: reassemble it in a buffer kept from an earlier
+                    // message, if there is one, then go on with the bytes that are here.
+                    if let Some(buf) = self.pool.take_large(capacity) {
+                        self.pool.put_large(self.reader.provide_buffer(buf));
+                    }
+                    continue;
+                }
                 conn.wait_for_room().await;
                 if !self.fill(conn).await {
                     return self.read_ended(conn);

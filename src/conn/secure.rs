@@ -168,9 +168,12 @@ impl Conn {
         };
         let mut wire = s.take_out();
         if wire.capacity() == 0 {
-            if let Some(mut v) = self.pool.take_large(total + total / 256 + 256) {
-                v.clear();
-                wire = v;
+            // Room for the records' overhead too. A new buffer gets exactly this capacity,
+            // so that once written and kept by the pool it serves the next batch of this size.
+            let capacity = total + total / 256 + 256;
+            match self.pool.take_large(capacity) {
+                Some(v) => wire = v,
+                None => wire.reserve_exact(capacity),
             }
         }
         let mut small = Vec::new();
@@ -205,9 +208,11 @@ impl Conn {
             return Ok(plain.to_vec());
         };
         if s.out.capacity() == 0 && plain.len() >= crate::conn::buffers::LARGE_MIN {
-            if let Some(mut v) = self.pool.take_large(plain.len() + plain.len() / 256 + 64) {
-                v.clear();
-                s.out = v;
+            // As in `seal_parts`: a new buffer is made the size asked for.
+            let capacity = plain.len() + plain.len() / 256 + 64;
+            match self.pool.take_large(capacity) {
+                Some(v) => s.out = v,
+                None => s.out.reserve_exact(capacity),
             }
         }
         s.seal(plain)

@@ -7,7 +7,9 @@
 //! interleave with fragments. A message whose single frame fits the caller's buffer is handed
 //! out as a slice of that buffer, not copied. The payload of a larger frame can be read
 //! straight into the reassembly buffer ([`Reader::take_direct`]), so that it is not copied
-//! through the caller's buffer either.
+//! through the caller's buffer either. A caller that keeps spare buffers can be asked for one
+//! when a large frame starts ([`Reader::request_buffers`]), so that reassembly reuses memory
+//! instead of growing a fresh buffer per message.
 
 use bytes::Bytes;
 
@@ -174,6 +176,11 @@ pub struct Reader {
     frame_start: usize,
     /// The decompressor: kept for a stream with context takeover, per message otherwise.
     inflater: Option<Inflater>,
+    /// Frames of at least this many payload bytes pause [`Reader::advance`] to ask the caller
+    /// for a reassembly buffer (`usize::MAX`: never).
+    request_min: u64,
+    /// The capacity asked for by the last `advance`, until the next one.
+    wanted: Option<usize>,
 }
 
 impl Reader {
@@ -191,7 +198,49 @@ impl Reader {
             compressed: false,
             frame_start: 0,
             inflater: None,
+            request_min: u64::MAX,
+            wanted: None,
         }
+    }
+
+    /// Asks the reader to pause when an uncompressed data frame of at least `min` payload
+    /// bytes starts and its reassembly buffer is too small for it: [`Reader::advance`] then
+    /// returns just after the frame's header, with no message, and
+    /// [`Reader::wants_buffer`] says how large a buffer would hold the message so far. The
+    /// caller may hand one over with [`Reader::provide_buffer`], and must call `advance` again
+    /// with the rest of its bytes before reading more (without a buffer the reader then grows
+    /// its own, as it does when not asked). A caller with a pool of spare buffers thus spares
+    /// the allocator, and the page faults of fresh memory, a large buffer per message.
+    pub fn request_buffers(&mut self, min: usize) {
+        self.request_min = min as u64;
+    }
+
+    /// The capacity of the reassembly buffer that the last [`Reader::advance`] paused to ask
+    /// for (see [`Reader::request_buffers`]); `None` when it did not pause.
+    pub fn wants_buffer(&self) -> Option<usize> {
+        self.wanted
+    }
+
+    /// Makes `buf` the reassembly buffer if its capacity is larger than the current one's,
+    /// moving the bytes reassembled so far into it, and returns the buffer it gave up
+    /// (emptied); otherwise returns `buf` untouched. Nothing changes while the buffer is out
+    /// for a direct read or a reassembled message has not been consumed yet.
+    pub fn provide_buffer(&mut self, mut buf: Vec<u8>) -> Vec<u8> {
+        if buf.capacity() <= self.assembled.capacity()
+            || self.direct_from.is_some()
+            || self.pending.is_some()
+        {
+            return buf;
+        }
+        if self.handed_out {
+            self.handed_out = false;
+            self.assembled.clear();
+        }
+        buf.clear();
+        buf.extend_from_slice(&self.assembled);
+        let mut old = std::mem::replace(&mut self.assembled, buf);
+        old.clear();
+        old
     }
 
     /// The configuration this reader enforces.
@@ -251,6 +300,12 @@ impl Reader {
     /// reported ready. Fetch a ready message with [`Reader::message`], passing the same `buf`.
     /// This split lets an I/O loop decide what to do with a message before borrowing it.
     pub fn advance(&mut self, buf: &mut [u8]) -> Result<Advance, ProtocolError> {
+        if self.wanted.take().is_some() {
+            // Paused for a buffer last time: with or without one, the frame goes on.
+            if let State::Stream { remaining, .. } = self.state {
+                self.reserve(remaining);
+            }
+        }
         if self.handed_out {
             self.handed_out = false;
             self.assembled.clear();
@@ -328,6 +383,9 @@ impl Reader {
                     self.state = self.start_frame(header)?;
                     if let State::Stream { .. } = self.state {
                         consumed += header.header_len;
+                        if self.wanted.is_some() {
+                            return Ok(Advance::more(consumed));
+                        }
                     }
                 }
                 State::Inline {
@@ -557,7 +615,7 @@ impl Reader {
                     if self.assembled.len() as u64 + len > self.config.max_message {
                         return Err(ProtocolError::MessageTooBig);
                     }
-                    self.reserve(len);
+                    self.reserve_or_ask(len);
                 }
                 return Ok(State::Stream {
                     header,
@@ -587,7 +645,7 @@ impl Reader {
         self.assembled.clear();
         self.frame_start = 0;
         if !rsv1 {
-            self.reserve(len);
+            self.reserve_or_ask(len);
         }
         Ok(State::Stream {
             header,
@@ -636,6 +694,19 @@ impl Reader {
             }
         }
         Ok(())
+    }
+
+    /// Reserves room for a frame of `len` payload bytes, or, for one large enough when the
+    /// caller asked for it ([`Reader::request_buffers`]) and the buffer lacks the room, records
+    /// the capacity to ask for instead.
+    fn reserve_or_ask(&mut self, len: u64) {
+        let need = self.assembled.len() as u64 + len;
+        if len >= self.request_min && (self.assembled.capacity() as u64) < need {
+            // Within `max_message` (checked before), so it fits a usize.
+            self.wanted = Some(usize::try_from(need).unwrap_or(usize::MAX));
+        } else {
+            self.reserve(len);
+        }
     }
 
     /// Reserves room for `len` more bytes, but never far ahead of what has arrived.
@@ -767,13 +838,28 @@ mod tests {
         let mut input: Vec<u8> = chunks.concat();
         let mut sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
         sizes.reverse();
+        let mut requests = 0;
         loop {
             loop {
                 let p = reader.read(&mut buf[start..end])?;
                 start += p.consumed;
                 match p.message {
                     Some(m) => out.push(m.into_owned()),
-                    None => break,
+                    None => match reader.wants_buffer() {
+                        // Every other request is answered, with a buffer with a few bytes of
+                        // garbage in it (the reader must clear it).
+                        Some(capacity) => {
+                            requests += 1;
+                            if requests % 2 == 1 {
+                                let mut given = Vec::with_capacity(capacity);
+                                given.extend_from_slice(b"junk");
+                                let old = reader.provide_buffer(given);
+                                assert!(old.is_empty());
+                                assert!(reader.wants_buffer().is_some(), "asked until advance");
+                            }
+                        }
+                        None => break,
+                    },
                 }
             }
             let Some(mut n) = sizes.pop() else {
@@ -860,6 +946,46 @@ mod tests {
         let kept = r.take_buffer(1 << 10).expect("a large buffer");
         assert!(kept.is_empty() && kept.capacity() >= payload.len());
         assert!(r.take_buffer(0).is_none());
+    }
+
+    #[test]
+    fn a_large_frame_pauses_for_a_buffer_when_asked() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = masked(false, OpCode::Binary, &payload[..3000]);
+        wire.extend(masked(true, OpCode::Continuation, &payload[3000..]));
+        let mut r = server(1024);
+        r.request_buffers(2000);
+        // The first frame's header: the reader stops there and asks for room for 3000 bytes.
+        let a = r.advance(&mut wire).unwrap();
+        assert_eq!((a.consumed, a.ready.is_none()), (8, true));
+        assert_eq!(r.wants_buffer(), Some(3000));
+        let given = Vec::with_capacity(8000);
+        let ptr = given.as_ptr();
+        assert_eq!(r.provide_buffer(given).capacity(), 0, "it held none");
+        // A smaller buffer than the one it holds is given back untouched.
+        assert_eq!(r.provide_buffer(Vec::with_capacity(100)).capacity(), 100);
+        let at = a.consumed;
+        // Through the continuation's header without a pause: 8000 bytes hold the message.
+        let a = r.advance(&mut wire[at..]).unwrap();
+        assert_eq!(r.wants_buffer(), None);
+        let ready = a.ready.expect("complete");
+        assert_eq!(at + a.consumed, wire.len());
+        let taken = r.take_assembled(ready).unwrap();
+        assert_eq!(taken, payload);
+        assert_eq!(taken.as_ptr(), ptr, "reassembled in the given buffer");
+
+        // Not answered, the request costs nothing: the reader grows its own buffer.
+        let wire = masked(true, OpCode::Binary, &payload);
+        let mut r = server(1024);
+        r.request_buffers(2000);
+        let a = r.advance(&mut wire.clone()).unwrap();
+        assert_eq!(r.wants_buffer(), Some(5000));
+        let mut rest = wire[a.consumed..].to_vec();
+        let a = r.advance(&mut rest).unwrap();
+        assert_eq!(r.message(&rest, a.ready.unwrap()).payload(), &payload[..]);
+        // Frames below the minimum, and compressed ones, never pause.
+        let mut small = masked(true, OpCode::Binary, &payload[..1500]);
+        assert!(r.advance(&mut small).unwrap().ready.is_some());
     }
 
     #[test]
@@ -1145,7 +1271,7 @@ mod tests {
         fn messages_survive_any_fragmentation_and_arrival(
             msgs in proptest::collection::vec(msg_strategy(), 1..6),
             chunk in 1usize..3000, capacity in 139usize..8000, key in any::<[u8; 4]>(),
-            direct_min in 0usize..600, swap in any::<bool>())
+            direct_min in 0usize..600, swap in any::<bool>(), request in 0usize..600)
         {
             let mut wire = Vec::new();
             for m in &msgs {
@@ -1169,6 +1295,9 @@ mod tests {
             }
             let chunks: Vec<&[u8]> = wire.chunks(chunk).collect();
             let mut r = server(capacity);
+            if request > 0 {
+                r.request_buffers(request - 1);
+            }
             let direct = (direct_min > 0).then(|| (direct_min - 1, swap));
             let got = drive_with(&mut r, &chunks, capacity, direct).unwrap();
             let data: Vec<OwnedMessage> = got.into_iter().filter(|m| !matches!(m, OwnedMessage::Pong(_))).collect();

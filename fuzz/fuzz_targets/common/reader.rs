@@ -71,7 +71,8 @@ pub enum Direct {
 }
 
 /// Feeds `input` to a fresh reader in pieces of `sizes` through a buffer of `capacity` bytes,
-/// with [`Reader::advance`] and [`Reader::message`] (`split_api`) or with [`Reader::read`].
+/// with [`Reader::advance`] and [`Reader::message`] (`split_api`, which also answers the
+/// reader's requests for reassembly buffers) or with [`Reader::read`].
 pub fn drive(
     config: ReaderConfig,
     input: &[u8],
@@ -82,6 +83,10 @@ pub fn drive(
 ) -> Outcome {
     assert!(config.inline_limit <= capacity);
     let mut reader = Reader::new(config);
+    if split_api {
+        // As the I/O loop does: large frames ask for a buffer (answered below).
+        reader.request_buffers(config.inline_limit / 2);
+    }
     let mut buf = vec![0u8; capacity];
     let (mut start, mut end) = (0usize, 0usize);
     let mut messages = Vec::new();
@@ -137,6 +142,16 @@ pub fn drive(
             start += consumed;
             match message {
                 Some(m) => messages.push(m),
+                None if reader.wants_buffer().is_some() => {
+                    // Answered with a buffer of the size asked for (within reason), holding
+                    // bytes the reader must clear; anything it gives back is empty.
+                    let capacity = reader.wants_buffer().unwrap_or_default();
+                    if capacity <= 1 << 20 {
+                        let mut given = Vec::with_capacity(capacity);
+                        given.extend_from_slice(b"stale");
+                        assert!(reader.provide_buffer(given).is_empty());
+                    }
+                }
                 None => {
                     assert!(
                         !(consumed == 0 && len == capacity),
@@ -204,7 +219,6 @@ pub fn drive(
         end += n;
     }
 }
-
 
 /// Piece sizes covering `len` bytes: all at once for `seed` 0, else pseudo-random sizes of 1
 /// to `seed` bytes.
