@@ -380,7 +380,7 @@ impl Connector {
         let conn = Conn::new(
             stream,
             self.send_queue_limit,
-            self.timeouts,
+            Rc::new(self.timeouts),
             Some(Box::new(move || rng.gen())),
             pool.clone(),
         );

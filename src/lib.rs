@@ -49,7 +49,7 @@ pub use proto::close::CloseCode;
 pub use proto::message::{Message, OwnedMessage};
 pub use server::{
     shutdown_signal, Compression, Config, ConnectionInfo, Headers, HttpResponse, Publisher,
-    Receiver, Request, RunningServer, Sender, Server, ShutdownHandle, SlowSubscriber,
+    Receiver, Request, RunningServer, Sender, Sending, Server, ShutdownHandle, SlowSubscriber,
     UpgradeRequest, WebSocket,
 };
 

@@ -26,7 +26,7 @@ pub use receiver::Receiver;
 pub(crate) use receiver::{RxState, DIRECT_READ_MIN};
 #[cfg(feature = "tls")]
 pub(crate) use secure::Secure;
-pub use sender::Sender;
+pub use sender::{Sender, Sending};
 pub(crate) use shared::{Conn, Offered};
 pub(crate) use timers::{Phase, Timeouts};
 pub use websocket::WebSocket;

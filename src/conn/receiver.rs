@@ -43,14 +43,16 @@ pub(crate) struct RxState {
     /// The multishot receive was asked to stop, so that a large frame's payload can be read
     /// straight into the reassembly buffer.
     pub(super) stopping: bool,
-    /// A single-shot read in flight (kept here so that a cancelled `recv` resumes it).
-    pub(super) single: Option<Single>,
+    /// A single-shot read in flight (kept here so that a cancelled `recv` resumes it). Boxed:
+    /// only large messages use it, and every connection holds the slot.
+    pub(super) single: Option<Box<Single>>,
     /// The last message was large: read with single-shot reads into heap buffers (and the
     /// payloads straight into the reassembly buffer) instead of through the ring, which a
     /// stream of large messages would only pass through and drain.
     pub(super) large: bool,
     /// The peer's close frame, once received.
-    pub(super) peer_close: Option<(CloseCode, String)>,
+    /// (Boxed: every connection holds the slot, and only a closing one fills it.)
+    pub(super) peer_close: Option<Box<(CloseCode, String)>>,
     /// The receive side ended (close received, protocol error, or EOF).
     pub(super) finished: bool,
 }
@@ -59,7 +61,7 @@ impl Drop for RxState {
     fn drop(&mut self) {
         // A read still in flight keeps its buffer until its completion (the driver holds it);
         // a heap one from the pool then no longer counts as out.
-        if let Some(Single::Heap(_)) = self.single.take() {
+        if let Some(Single::Heap(_)) = self.single.take().map(|s| *s) {
             self.pool.forget();
         }
         self.pool
@@ -168,7 +170,7 @@ impl RxState {
             }
         }
         if let Some(single) = &mut self.single {
-            let (heap, done) = match single {
+            let (heap, done) = match &mut **single {
                 Single::Direct(read) => (false, read.await),
                 Single::Heap(read) => (true, read.await),
             };
@@ -303,7 +305,7 @@ impl RxState {
             };
             buf.clear();
             let room = buf.capacity();
-            self.single = Some(Single::Heap(conn.stream.start_read(buf, room)?));
+            self.single = Some(Box::new(Single::Heap(conn.stream.start_read(buf, room)?)));
             return Ok(());
         };
         let len = payload.len();
@@ -315,7 +317,9 @@ impl RxState {
                 room = whole - len;
             }
         }
-        self.single = Some(Single::Direct(conn.stream.start_read(payload, room)?));
+        self.single = Some(Box::new(Single::Direct(
+            conn.stream.start_read(payload, room)?,
+        )));
         Ok(())
     }
 
@@ -339,7 +343,7 @@ impl RxState {
         self.start = 0;
         self.end = 0;
         let room = buf.capacity() - buf.len();
-        self.single = Some(Single::Heap(conn.stream.start_read(buf, room)?));
+        self.single = Some(Box::new(Single::Heap(conn.stream.start_read(buf, room)?)));
         Ok(())
     }
 
@@ -462,7 +466,8 @@ impl RxState {
                         None => (None, String::new()),
                     };
                     tracing::debug!(peer = ?conn.info().peer_addr, code = code.map(|c| c.0), "close received");
-                    self.peer_close = Some((code.unwrap_or(CloseCode::NO_STATUS), reason));
+                    self.peer_close =
+                        Some(Box::new((code.unwrap_or(CloseCode::NO_STATUS), reason)));
                     conn.close_received.set(true);
                     // Echo the status code (section 5.5.1), or send an empty close.
                     let _ = conn.queue_close(code, "");
@@ -565,10 +570,7 @@ impl Receiver {
     /// The peer's close frame (code and reason), once received. A close without status reads
     /// as 1005.
     pub fn close_frame(&self) -> Option<(CloseCode, &str)> {
-        self.state
-            .peer_close
-            .as_ref()
-            .map(|(c, r)| (*c, r.as_str()))
+        self.state.peer_close.as_ref().map(|b| (b.0, b.1.as_str()))
     }
 
     /// Facts about the connection.

@@ -1,7 +1,10 @@
 //! The sending half: queueing data and control frames, the queue measure and flush, and the
 //! per-connection data.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use crate::conn::{info::ConnectionInfo, shared::Conn};
 use crate::error::{Error, Result};
@@ -78,16 +81,10 @@ impl Sender {
     /// closing handshake (a missing status sends an empty close frame).
     ///
     /// The payload is copied once, into the send queue. Fails with [`Error::Closed`] once a
-    /// close frame was queued or the connection failed.
-    pub async fn send(&self, message: Message<'_>) -> Result<()> {
-        match message {
-            Message::Text(s) => self.conn.queue_data(OpCode::Text, s.as_bytes()).await,
-            Message::Binary(b) => self.conn.queue_data(OpCode::Binary, b).await,
-            Message::Ping(p) => self.control(OpCode::Ping, p),
-            Message::Pong(p) => self.control(OpCode::Pong, p),
-            Message::Close(None) => self.conn.queue_close(None, ""),
-            Message::Close(Some(f)) => self.close(f.code, f.reason),
-        }
+    /// close frame was queued or the connection failed. The future ([`Sending`]) does nothing
+    /// until awaited.
+    pub fn send<'a>(&'a self, message: Message<'a>) -> Sending<'a> {
+        Sending::new(self, Outgoing::Borrowed(message))
     }
 
     /// Sends an owned message, as [`Sender::send`] does. A text or binary payload of 16 KiB or
@@ -95,30 +92,46 @@ impl Sender {
     /// is (so one `Bytes` can go to many connections without a copy for each). A text
     /// payload must be valid UTF-8 (it is when it came from [`Receiver::recv_owned`](crate::Receiver::recv_owned)); one that
     /// is not is refused with [`Error::InvalidText`].
-    pub async fn send_owned(&self, message: OwnedMessage) -> Result<()> {
-        match message {
-            OwnedMessage::Text(b) => {
-                if simdutf8::basic::from_utf8(&b).is_err() {
-                    return Err(Error::InvalidText);
-                }
-                self.conn.queue_shared(OpCode::Text, b).await
-            }
-            OwnedMessage::Binary(b) => self.conn.queue_shared(OpCode::Binary, b).await,
-            OwnedMessage::Ping(p) => self.control(OpCode::Ping, &p),
-            OwnedMessage::Pong(p) => self.control(OpCode::Pong, &p),
-            OwnedMessage::Close(None) => self.conn.queue_close(None, ""),
-            OwnedMessage::Close(Some((code, reason))) => self.close(code, &reason),
-        }
+    pub fn send_owned(&self, message: OwnedMessage) -> Sending<'_> {
+        Sending::new(self, Outgoing::Owned(message))
     }
 
     /// Sends a text message.
-    pub async fn send_text(&self, text: &str) -> Result<()> {
-        self.conn.queue_data(OpCode::Text, text.as_bytes()).await
+    pub fn send_text<'a>(&'a self, text: &'a str) -> Sending<'a> {
+        self.send(Message::Text(text))
     }
 
     /// Sends a binary message.
-    pub async fn send_binary(&self, data: &[u8]) -> Result<()> {
-        self.conn.queue_data(OpCode::Binary, data).await
+    pub fn send_binary<'a>(&'a self, data: &'a [u8]) -> Sending<'a> {
+        self.send(Message::Binary(data))
+    }
+
+    /// Queues `message` now (the queue had room, or it is a control frame).
+    fn send_now(&self, message: Outgoing<'_>) -> Result<()> {
+        match message {
+            Outgoing::Borrowed(message) => match message {
+                Message::Text(s) => self.conn.encode_data(OpCode::Text, s.as_bytes()),
+                Message::Binary(b) => self.conn.encode_data(OpCode::Binary, b),
+                Message::Ping(p) => return self.control(OpCode::Ping, p),
+                Message::Pong(p) => return self.control(OpCode::Pong, p),
+                Message::Close(None) => return self.conn.queue_close(None, ""),
+                Message::Close(Some(f)) => return self.close(f.code, f.reason),
+            },
+            Outgoing::Owned(message) => match message {
+                OwnedMessage::Text(b) => {
+                    if simdutf8::basic::from_utf8(&b).is_err() {
+                        return Err(Error::InvalidText);
+                    }
+                    self.conn.encode_shared(OpCode::Text, &b)
+                }
+                OwnedMessage::Binary(b) => self.conn.encode_shared(OpCode::Binary, &b),
+                OwnedMessage::Ping(p) => return self.control(OpCode::Ping, &p),
+                OwnedMessage::Pong(p) => return self.control(OpCode::Pong, &p),
+                OwnedMessage::Close(None) => return self.conn.queue_close(None, ""),
+                OwnedMessage::Close(Some((code, reason))) => return self.close(code, &reason),
+            },
+        }
+        Ok(())
     }
 
     /// Sends a ping (at most 125 bytes), ahead of queued data.
@@ -202,5 +215,69 @@ impl Sender {
             return Err(Error::ControlTooLong);
         }
         self.conn.queue_control(opcode, payload)
+    }
+}
+
+/// A message on its way into the queue.
+enum Outgoing<'a> {
+    Borrowed(Message<'a>),
+    Owned(OwnedMessage),
+}
+
+impl Outgoing<'_> {
+    /// Text or binary: waits for room in the queue (control frames never do).
+    fn is_data(&self) -> bool {
+        matches!(
+            self,
+            Outgoing::Borrowed(Message::Text(_) | Message::Binary(_))
+                | Outgoing::Owned(OwnedMessage::Text(_) | OwnedMessage::Binary(_))
+        )
+    }
+}
+
+/// The future of [`Sender::send`] and its kin: queues the message once the send queue has
+/// room (at once, usually).
+///
+/// A named type rather than an `async fn`'s, because every connection's handler holds one
+/// while it waits: this one is the message and two pointers, where the compiler's kept the
+/// message twice and the queue's wait beside it. The wait, needed only when the queue is
+/// full, is allocated then.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Sending<'a> {
+    sender: &'a Sender,
+    message: Option<Outgoing<'a>>,
+    wait: Option<Pin<Box<dyn Future<Output = Result<()>> + 'a>>>,
+}
+
+impl<'a> Sending<'a> {
+    fn new(sender: &'a Sender, message: Outgoing<'a>) -> Self {
+        Sending {
+            sender,
+            message: Some(message),
+            wait: None,
+        }
+    }
+}
+
+impl Future for Sending<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        let data = this.message.as_ref().is_some_and(Outgoing::is_data);
+        if data {
+            if this.wait.is_none() && !this.sender.conn.has_room()? {
+                this.wait = Some(Box::pin(this.sender.conn.wait_to_queue()));
+            }
+            if let Some(wait) = &mut this.wait {
+                let waited = std::task::ready!(wait.as_mut().poll(cx));
+                this.wait = None;
+                waited?;
+            }
+        }
+        match this.message.take() {
+            Some(message) => Poll::Ready(this.sender.send_now(message)),
+            None => Poll::Ready(Err(Error::Closed)),
+        }
     }
 }

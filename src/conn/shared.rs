@@ -86,7 +86,8 @@ pub(crate) struct Conn {
     pub(super) close_received: Cell<bool>,
     /// The high-water mark of the send queue, in bytes.
     pub(super) send_limit: usize,
-    pub(super) timeouts: Timeouts,
+    /// Shared by the connections of a server thread.
+    pub(super) timeouts: Rc<Timeouts>,
     /// Receive state handed back when the receiver is dropped, for the closing handshake.
     /// (Boxed: every connection carries the slot, few ever fill it.)
     pub(super) returned_rx: RefCell<Option<Box<RxState>>>,
@@ -112,7 +113,7 @@ impl Conn {
     pub(crate) fn new(
         stream: TcpStream,
         send_limit: usize,
-        timeouts: Timeouts,
+        timeouts: Rc<Timeouts>,
         mask: Option<MaskFn>,
         pool: Rc<BufferPool>,
     ) -> Rc<Conn> {
@@ -237,17 +238,10 @@ impl Conn {
         self.queue_control(OpCode::Close, &payload[..n])
     }
 
-    /// Queues a data frame, waiting while the queue is above the high-water mark.
-    pub(super) async fn queue_data(&self, opcode: OpCode, payload: &[u8]) -> Result<()> {
-        self.wait_to_queue().await?;
-        self.encode_data(opcode, payload);
-        Ok(())
-    }
-
     /// Encodes a data frame at the end of the queue, compressed when the connection agreed
     /// permessage-deflate and the message is worth it. (Not async, so that the futures of
     /// `send` and `send_owned`, which every connection's handler holds, stay small.)
-    fn encode_data(&self, opcode: OpCode, payload: &[u8]) {
+    pub(super) fn encode_data(&self, opcode: OpCode, payload: &[u8]) {
         let mut deflate = self.deflate.borrow_mut();
         match deflate.as_deref_mut().filter(|c| c.wants(payload.len())) {
             Some(c) => SCRATCH.with(|z| {
@@ -289,18 +283,13 @@ impl Conn {
         Offered::Queued
     }
 
-    pub(super) async fn queue_shared(&self, opcode: OpCode, payload: Bytes) -> Result<()> {
-        self.wait_to_queue().await?;
-        self.encode_shared(opcode, &payload);
-        Ok(())
-    }
-
-    /// [`Conn::queue_shared`] once there is room: a large payload goes into the queue as it
-    /// is (or compressed once for every connection with the same settings).
+    /// Encodes a data frame with a shared payload at the end of the queue: a large payload
+    /// goes into the queue as it is (or compressed once for every connection with the same
+    /// settings); a small one, or any on a masking (client) connection, is copied.
     ///
     /// Takes the payload by reference: a small one is copied into the queue, and only a large
     /// one costs a `Bytes` clone (an atomic count per subscriber of a publish).
-    fn encode_shared(&self, opcode: OpCode, payload: &Bytes) {
+    pub(super) fn encode_shared(&self, opcode: OpCode, payload: &Bytes) {
         // `Some(Some(key))`: compressed without context; `Some(None)`: with context.
         let compress = match self.deflate.borrow().as_deref() {
             Some(c) if c.wants(payload.len()) => Some(c.is_stateless().then(|| c.key())),
@@ -335,19 +324,20 @@ impl Conn {
         self.queued();
     }
 
+    /// Whether a data frame may be queued now (the queue is not above the high-water mark);
+    /// fails once the connection is closing or failed.
+    pub(super) fn has_room(&self) -> Result<bool> {
+        let ob = self.outbox.borrow();
+        if ob.close_queued || ob.failed {
+            return Err(Error::Closed);
+        }
+        Ok(ob.data.len() + ob.chunks_len + ob.in_flight <= self.send_limit)
+    }
+
     /// Waits while the queue is above the high-water mark; fails once the connection is
     /// closing or failed.
     pub(super) async fn wait_to_queue(&self) -> Result<()> {
-        loop {
-            {
-                let ob = self.outbox.borrow();
-                if ob.close_queued || ob.failed {
-                    return Err(Error::Closed);
-                }
-                if ob.data.len() + ob.chunks_len + ob.in_flight <= self.send_limit {
-                    break;
-                }
-            }
+        while !self.has_room()? {
             // No other task runs between the check above and the first poll of this
             // future, so the writer's notification cannot be missed.
             self.progress.notified().await;

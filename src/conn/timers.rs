@@ -46,7 +46,7 @@ pub(crate) struct Timeouts {
 /// When `conn` next needs its timer checked, from its phase and last activity (`None`: never,
 /// until its phase changes).
 pub(super) fn next_deadline(conn: &Conn) -> Option<Instant> {
-    let config = conn.timeouts;
+    let config = *conn.timeouts;
     let last = conn.last_activity.get();
     match conn.phase.get() {
         Phase::Open => {
@@ -68,7 +68,7 @@ pub(super) fn next_deadline(conn: &Conn) -> Option<Instant> {
 /// Does what is due for `conn` at `now` (the idle timeout's close, a keep-alive ping, the
 /// shutdown at a handshake or close timeout) and returns its next deadline.
 fn expire(conn: &Conn, now: Instant) -> Option<Instant> {
-    let config = conn.timeouts;
+    let config = *conn.timeouts;
     loop {
         let last = conn.last_activity.get();
         match conn.phase.get() {

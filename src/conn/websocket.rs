@@ -5,7 +5,7 @@ use std::rc::Rc;
 use crate::conn::{
     info::ConnectionInfo,
     receiver::{Receiver, RxState},
-    sender::Sender,
+    sender::{Sender, Sending},
     shared::Conn,
 };
 use crate::error::Result;
@@ -85,8 +85,8 @@ impl WebSocket {
     }
 
     /// Sends a message; see [`Sender::send`]. To reply with a received message, split first.
-    pub async fn send(&self, message: Message<'_>) -> Result<()> {
-        self.tx.send(message).await
+    pub fn send<'a>(&'a self, message: Message<'a>) -> Sending<'a> {
+        self.tx.send(message)
     }
 
     /// Waits for the next message, owned; see [`Receiver::recv_owned`].
@@ -95,8 +95,8 @@ impl WebSocket {
     }
 
     /// Sends an owned message; see [`Sender::send_owned`].
-    pub async fn send_owned(&self, message: OwnedMessage) -> Result<()> {
-        self.tx.send_owned(message).await
+    pub fn send_owned(&self, message: OwnedMessage) -> Sending<'_> {
+        self.tx.send_owned(message)
     }
 
     /// Starts the closing handshake; see [`Sender::close`].

@@ -33,7 +33,11 @@ pub(crate) enum Flight {
     },
     /// Shared payloads in order: the first ones are being sent, `rest` holds them all (in
     /// reverse order: the next to send is last).
-    Parts { op: Op<Parts>, rest: Vec<Bytes> },
+    /// (The operation is boxed: it is rare, and every connection holds room for a flight.)
+    Parts {
+        op: Box<Op<Parts>>,
+        rest: Vec<Bytes>,
+    },
 }
 
 /// What polling the write in flight gave.
@@ -133,7 +137,7 @@ fn step(conn: &Conn, flight: Flight, cx: &mut Context<'_>) -> Step {
             }
         }
         Flight::Parts { mut op, mut rest } => {
-            let Poll::Ready((c, sent_parts)) = Pin::new(&mut op).poll(cx) else {
+            let Poll::Ready((c, sent_parts)) = Pin::new(&mut *op).poll(cx) else {
                 return Step::Pending(Flight::Parts { op, rest });
             };
             // The kernel is done with them: a payload written whole can go back to the pool.
@@ -188,7 +192,7 @@ fn start_buf(conn: &Conn, buf: Vec<u8>, done: usize, sealed: bool) -> std::io::R
 /// Starts a vectored write of the first (at most `MAX_IOVECS`) of `rest` (reversed).
 fn start_parts(conn: &Conn, rest: Vec<Bytes>) -> std::io::Result<Flight> {
     let batch: Vec<Bytes> = rest.iter().rev().take(MAX_IOVECS).cloned().collect();
-    let op = conn.stream.start_writev(batch)?;
+    let op = Box::new(conn.stream.start_writev(batch)?);
     Ok(Flight::Parts { op, rest })
 }
 

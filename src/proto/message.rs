@@ -177,10 +177,10 @@ pub struct Reader {
     /// The decompressor: kept for a stream with context takeover, per message otherwise.
     inflater: Option<Inflater>,
     /// Frames of at least this many payload bytes pause [`Reader::advance`] to ask the caller
-    /// for a reassembly buffer (`usize::MAX`: never).
-    request_min: u64,
-    /// The capacity asked for by the last `advance`, until the next one.
-    wanted: Option<usize>,
+    /// for a reassembly buffer (`u32::MAX`: never).
+    request_min: u32,
+    /// The last `advance` paused just after a frame's header to ask for a buffer.
+    paused: bool,
 }
 
 impl Reader {
@@ -198,8 +198,8 @@ impl Reader {
             compressed: false,
             frame_start: 0,
             inflater: None,
-            request_min: u64::MAX,
-            wanted: None,
+            request_min: u32::MAX,
+            paused: false,
         }
     }
 
@@ -212,13 +212,20 @@ impl Reader {
     /// its own, as it does when not asked). A caller with a pool of spare buffers thus spares
     /// the allocator, and the page faults of fresh memory, a large buffer per message.
     pub fn request_buffers(&mut self, min: usize) {
-        self.request_min = min as u64;
+        self.request_min = u32::try_from(min).unwrap_or(u32::MAX);
     }
 
     /// The capacity of the reassembly buffer that the last [`Reader::advance`] paused to ask
     /// for (see [`Reader::request_buffers`]); `None` when it did not pause.
     pub fn wants_buffer(&self) -> Option<usize> {
-        self.wanted
+        match self.state {
+            // Nothing of the frame's payload was taken yet: the message so far and all of it.
+            // (Within `max_message`, checked when the frame started, so it fits a usize.)
+            State::Stream { remaining, .. } if self.paused => {
+                Some(usize::try_from(self.assembled.len() as u64 + remaining).unwrap_or(usize::MAX))
+            }
+            _ => None,
+        }
     }
 
     /// Makes `buf` the reassembly buffer if its capacity is larger than the current one's,
@@ -300,7 +307,7 @@ impl Reader {
     /// reported ready. Fetch a ready message with [`Reader::message`], passing the same `buf`.
     /// This split lets an I/O loop decide what to do with a message before borrowing it.
     pub fn advance(&mut self, buf: &mut [u8]) -> Result<Advance, ProtocolError> {
-        if self.wanted.take().is_some() {
+        if std::mem::take(&mut self.paused) {
             // Paused for a buffer last time: with or without one, the frame goes on.
             if let State::Stream { remaining, .. } = self.state {
                 self.reserve(remaining);
@@ -383,7 +390,7 @@ impl Reader {
                     self.state = self.start_frame(header)?;
                     if let State::Stream { .. } = self.state {
                         consumed += header.header_len;
-                        if self.wanted.is_some() {
+                        if self.paused {
                             return Ok(Advance::more(consumed));
                         }
                     }
@@ -697,13 +704,12 @@ impl Reader {
     }
 
     /// Reserves room for a frame of `len` payload bytes, or, for one large enough when the
-    /// caller asked for it ([`Reader::request_buffers`]) and the buffer lacks the room, records
-    /// the capacity to ask for instead.
+    /// caller asked for it ([`Reader::request_buffers`]) and the buffer lacks the room, pauses
+    /// to ask for a buffer instead.
     fn reserve_or_ask(&mut self, len: u64) {
         let need = self.assembled.len() as u64 + len;
-        if len >= self.request_min && (self.assembled.capacity() as u64) < need {
-            // Within `max_message` (checked before), so it fits a usize.
-            self.wanted = Some(usize::try_from(need).unwrap_or(usize::MAX));
+        if len >= u64::from(self.request_min) && (self.assembled.capacity() as u64) < need {
+            self.paused = true;
         } else {
             self.reserve(len);
         }

@@ -2,7 +2,9 @@
 //! multishot receive, plain HTTP answers, the handler's run and the closing handshake. Its
 //! timeouts are on the thread's timers from the accept on.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use std::rc::Rc;
 
@@ -23,7 +25,7 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
     let conn = Conn::new(
         stream,
         ctx.config.send_queue_limit,
-        ctx.config.timeouts(),
+        ctx.timeouts.clone(),
         None,
         ctx.buffers.clone(),
     );
@@ -39,42 +41,51 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
     }
     ctx.register(id, conn.clone());
     conn.watch();
-    // Boxed, as is the closing below: every open connection's task holds this future for its
-    // whole life, and the handshake's state (1.5 KiB of it, unboxed) is needed only at first.
-    if let Some((head, start, recv, agreed)) = Box::pin(handshake(&ctx, &conn, peer)).await {
-        let config = &ctx.config;
-        let reader = Reader::new(ReaderConfig {
-            max_frame: config.max_frame_size,
-            max_message: config.max_message_size,
-            inline_limit: config.read_buffer_size.min(crate::conn::DIRECT_READ_MIN),
-            inflate: agreed.map(|a| a.receive),
-            ..ReaderConfig::new(Role::Server)
-        });
-        if let Some(a) = agreed {
-            conn.set_compressor(Compressor::new(a.send, &config.compression));
-        }
-        let end = head.len();
-        let buf = ReadBuf::Heap(head);
-        let state = RxState::new(buf, start, end, reader, ctx.buffers.clone(), recv);
-        // The handler's future (boxed) takes the WebSocket here, so that this task's future
-        // does not keep room for the receive state beside it.
-        let handler = (ctx.handler)(WebSocket::new(conn.clone(), state));
+    // Boxed: every open connection's task holds this future for its whole life, and the
+    // handshake's state (1.5 KiB of it, unboxed) is needed only at first.
+    let opened = Box::pin(handshake(&ctx, &conn, peer)).await;
+    // The handler's future (boxed) takes the WebSocket here, so that this task's future does
+    // not keep room for the receive state, or the handshake's result, beside it.
+    if let Some(handler) = opened.map(|o| open(&ctx, &conn, o)) {
         run(conn.clone(), handler).await;
         ctx.topics.remove_conn(&conn);
     }
     ctx.unregister(id);
 }
 
+/// What the handshake leaves: the bytes received (`head[start..]` followed the upgrade
+/// request), the receive, still armed, and the compression agreed.
+type Opened = (Vec<u8>, usize, Option<RecvMulti>, Option<Agreed>);
+
+/// The handler's future on the WebSocket that the handshake opened.
+fn open(
+    ctx: &ThreadCtx,
+    conn: &Rc<Conn>,
+    (head, start, recv, agreed): Opened,
+) -> Pin<Box<dyn Future<Output = crate::Result<()>>>> {
+    let config = &ctx.config;
+    let reader = Reader::new(ReaderConfig {
+        max_frame: config.max_frame_size,
+        max_message: config.max_message_size,
+        inline_limit: config.read_buffer_size.min(crate::conn::DIRECT_READ_MIN),
+        inflate: agreed.map(|a| a.receive),
+        ..ReaderConfig::new(Role::Server)
+    });
+    if let Some(a) = agreed {
+        conn.set_compressor(Compressor::new(a.send, &config.compression));
+    }
+    let end = head.len();
+    let buf = ReadBuf::Heap(head);
+    let state = RxState::new(buf, start, end, reader, ctx.buffers.clone(), recv);
+    (ctx.handler)(WebSocket::new(conn.clone(), state))
+}
+
 /// Reads requests until a WebSocket upgrade is accepted; answers plain HTTP requests and
-/// refusals. Returns the bytes received (`head[start..]` followed the upgrade request), the
-/// receive, still armed, and the compression agreed; `None` when the connection closed.
+/// refusals. Returns what the WebSocket starts with ([`Opened`]); `None` when the connection
+/// closed.
 ///
 /// Until bytes arrive the connection holds no buffer: the kernel picks one from the ring.
-async fn handshake(
-    ctx: &ThreadCtx,
-    conn: &Conn,
-    peer: SocketAddr,
-) -> Option<(Vec<u8>, usize, Option<RecvMulti>, Option<Agreed>)> {
+async fn handshake(ctx: &ThreadCtx, conn: &Conn, peer: SocketAddr) -> Option<Opened> {
     let config = &ctx.config;
     let mut recv = None;
     let mut head = Vec::new();

@@ -17,7 +17,7 @@
 
 mod conn;
 
-pub use crate::conn::{ConnectionInfo, Headers, Receiver, Sender, WebSocket};
+pub use crate::conn::{ConnectionInfo, Headers, Receiver, Sender, Sending, WebSocket};
 pub use crate::proto::handshake::{Header, Request, UpgradeRequest};
 
 use std::cell::{Cell, RefCell};
@@ -815,6 +815,8 @@ pub(crate) struct ThreadCtx {
     pub(crate) tls: Option<TlsSettings>,
     pub(crate) handler: Box<Handler>,
     pub(crate) buffers: Rc<BufferPool>,
+    /// The connections' timeouts, shared by all of them.
+    pub(crate) timeouts: Rc<crate::conn::Timeouts>,
     pub(crate) topics: Rc<topics::ThreadTopics>,
     shared: Arc<Shared>,
     /// This thread's index among the server's threads.
@@ -901,6 +903,7 @@ where
         let ctx = Rc::new(ThreadCtx {
             topics,
             buffers: Rc::new(BufferPool::new(setup.config.read_buffer_size)),
+            timeouts: Rc::new(setup.config.timeouts()),
             config: setup.config,
             http: setup.http,
             check: setup.check,
