@@ -26,7 +26,9 @@ use crate::uring::TcpStream;
 use rand::{Rng, SeedableRng};
 
 use crate::conn::buffers::{BufferPool, ReadBuf};
-use crate::conn::{finish, writer, Conn, ConnectionInfo, Headers, Phase, RxState, Timeouts};
+use crate::conn::{
+    finish, writer, Conn, ConnectionInfo, Headers, Limits, Phase, RxState, Timeouts,
+};
 use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
 use crate::proto::deflate::{self, Compression, Compressor};
@@ -379,8 +381,10 @@ impl Connector {
         let pool = Rc::new(BufferPool::new(self.read_buffer_size));
         let conn = Conn::new(
             stream,
-            self.send_queue_limit,
-            Rc::new(self.timeouts),
+            Rc::new(Limits {
+                timeouts: self.timeouts,
+                send_limit: self.send_queue_limit,
+            }),
             Some(Box::new(move || rng.gen())),
             pool.clone(),
         );

@@ -27,7 +27,7 @@ pub(crate) use receiver::{RxState, DIRECT_READ_MIN};
 #[cfg(feature = "tls")]
 pub(crate) use secure::Secure;
 pub use sender::{Sender, Sending};
-pub(crate) use shared::{Conn, Offered};
+pub(crate) use shared::{Conn, Limits, Offered};
 pub(crate) use timers::{Phase, Timeouts};
 pub use websocket::WebSocket;
 pub(crate) use writer::{run, writer};

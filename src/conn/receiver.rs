@@ -606,7 +606,7 @@ impl Drop for Receiver {
             }),
         );
         *self.conn.returned_rx.borrow_mut() = Some(state);
-        self.conn.rx_dropped.notify_one();
+        self.conn.progress.notify_waiters();
     }
 }
 

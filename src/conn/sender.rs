@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
+use tokio::sync::futures::Notified;
+
 use crate::conn::{info::ConnectionInfo, shared::Conn};
 use crate::error::{Error, Result};
 use crate::proto::close::CloseCode;
@@ -246,7 +248,7 @@ impl Outgoing<'_> {
 pub struct Sending<'a> {
     sender: &'a Sender,
     message: Option<Outgoing<'a>>,
-    wait: Option<Pin<Box<dyn Future<Output = Result<()>> + 'a>>>,
+    wait: Option<Pin<Box<Notified<'a>>>>,
 }
 
 impl<'a> Sending<'a> {
@@ -264,15 +266,17 @@ impl Future for Sending<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = self.get_mut();
-        let data = this.message.as_ref().is_some_and(Outgoing::is_data);
-        if data {
-            if this.wait.is_none() && !this.sender.conn.has_room()? {
-                this.wait = Some(Box::pin(this.sender.conn.wait_to_queue()));
-            }
-            if let Some(wait) = &mut this.wait {
-                let waited = std::task::ready!(wait.as_mut().poll(cx));
-                this.wait = None;
-                waited?;
+        if this.message.as_ref().is_some_and(Outgoing::is_data) {
+            // Waits while the queue is above its limit: the writer wakes it as it drains.
+            loop {
+                if let Some(wait) = &mut this.wait {
+                    std::task::ready!(wait.as_mut().poll(cx));
+                    this.wait = None;
+                }
+                if this.sender.conn.has_room()? {
+                    break;
+                }
+                this.wait = Some(Box::pin(this.sender.conn.progress.notified()));
             }
         }
         match this.message.take() {

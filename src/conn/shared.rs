@@ -56,6 +56,14 @@ thread_local! {
 /// (`None`: it does not shrink).
 type Compressed = (Bytes, (u8, u32), Option<Bytes>);
 
+/// What the connections of a server thread (or a client's connection) share: their
+/// timeouts and the send queue's limit.
+pub(crate) struct Limits {
+    pub(crate) timeouts: Timeouts,
+    /// The high-water mark of the send queue, in bytes.
+    pub(crate) send_limit: usize,
+}
+
 /// A source of mask keys (client role).
 pub(crate) type MaskFn = Box<dyn FnMut() -> [u8; 4]>;
 
@@ -71,32 +79,30 @@ pub(crate) struct Conn {
     pub(super) corked: Cell<bool>,
     /// The write in flight (see [`super::writer::poll_writes`]).
     pub(super) flight: RefCell<Option<Flight>>,
-    /// Wakes senders when queue space frees up, and waiters for the writer's end.
+    /// Wakes senders when queue space frees up, waiters for the writer's end, and the
+    /// closing handshake's wait for the receiver's state (see [`Conn::receiver_dropped`]).
     pub(super) progress: Notify,
     /// This connection, for the thread's timers (which must not keep it alive).
     pub(super) me: Weak<Conn>,
-    /// The time of this connection's current entry in the thread's timers, if any.
-    pub(super) timer_at: Cell<Option<Instant>>,
-    /// When the last keep-alive ping was sent.
-    pub(super) pinged_at: Cell<Option<Instant>>,
+    /// The time of this connection's current entry in the thread's timers, if any (in the
+    /// timers' ticks).
+    pub(super) timer_at: Cell<Option<std::num::NonZeroU64>>,
+    /// When the last keep-alive ping was sent (in the timers' ticks).
+    pub(super) pinged_at: Cell<Option<std::num::NonZeroU64>>,
     pub(crate) phase: Cell<Phase>,
     /// When the phase began (handshake, closing) or the last byte arrived (open).
     pub(crate) last_activity: Cell<Instant>,
     /// A close frame from the peer was received.
     pub(super) close_received: Cell<bool>,
-    /// The high-water mark of the send queue, in bytes.
-    pub(super) send_limit: usize,
-    /// Shared by the connections of a server thread.
-    pub(super) timeouts: Rc<Timeouts>,
+    /// The timeouts and the send queue's limit, shared by the connections of a server thread.
+    pub(super) limits: Rc<Limits>,
     /// Receive state handed back when the receiver is dropped, for the closing handshake.
     /// (Boxed: every connection carries the slot, few ever fill it.)
     pub(super) returned_rx: RefCell<Option<Box<RxState>>>,
-    /// Signalled when the receiver is dropped.
-    pub(super) rx_dropped: Notify,
     /// Set once, when the handshake completes.
     pub(crate) info: OnceCell<ConnectionInfo>,
     /// Source of mask keys for the client role.
-    pub(super) mask: Option<RefCell<MaskFn>>,
+    pub(super) mask: RefCell<Option<MaskFn>>,
     /// The thread's buffers: large write buffers are recycled through it.
     pub(super) pool: Rc<BufferPool>,
     /// The application's per-connection data (see [`Sender::set_data`]).
@@ -112,8 +118,7 @@ pub(crate) struct Conn {
 impl Conn {
     pub(crate) fn new(
         stream: TcpStream,
-        send_limit: usize,
-        timeouts: Rc<Timeouts>,
+        limits: Rc<Limits>,
         mask: Option<MaskFn>,
         pool: Rc<BufferPool>,
     ) -> Rc<Conn> {
@@ -131,12 +136,10 @@ impl Conn {
             phase: Cell::new(Phase::Handshake),
             last_activity: Cell::new(Instant::now()),
             close_received: Cell::new(false),
-            send_limit,
-            timeouts,
+            limits,
             returned_rx: RefCell::new(None),
-            rx_dropped: Notify::new(),
             info: OnceCell::new(),
-            mask: mask.map(RefCell::new),
+            mask: RefCell::new(mask),
             pool,
             data: RefCell::new(None),
             deflate: RefCell::new(None),
@@ -174,13 +177,15 @@ impl Conn {
     }
 
     pub(super) fn mask_key(&self) -> Option<[u8; 4]> {
-        self.mask.as_ref().map(|m| (m.borrow_mut())())
+        self.mask.borrow_mut().as_mut().map(|m| m())
     }
 
     /// Waits until the receiver has been dropped (and its state handed back).
     pub(crate) async fn receiver_dropped(&self) {
         while self.returned_rx.borrow().is_none() {
-            self.rx_dropped.notified().await;
+            // No other task runs between the check and the first poll of this future, so the
+            // receiver's notification (on drop) cannot be missed.
+            self.progress.notified().await;
         }
     }
 
@@ -275,7 +280,7 @@ impl Conn {
             if ob.close_queued || ob.failed {
                 return Offered::Closed;
             }
-            if ob.data.len() + ob.chunks_len + ob.in_flight > self.send_limit {
+            if ob.data.len() + ob.chunks_len + ob.in_flight > self.limits.send_limit {
                 return Offered::Full;
             }
         }
@@ -307,7 +312,7 @@ impl Conn {
             Some(None) => return self.encode_data(opcode, payload),
             None => (0, payload),
         };
-        if payload.len() < SHARE_MIN || self.mask.is_some() {
+        if payload.len() < SHARE_MIN || self.mask.borrow().is_some() {
             return self.encode_frame(rsv, opcode, payload);
         }
         let mut header = [0u8; MAX_HEADER_LEN];
@@ -331,18 +336,7 @@ impl Conn {
         if ob.close_queued || ob.failed {
             return Err(Error::Closed);
         }
-        Ok(ob.data.len() + ob.chunks_len + ob.in_flight <= self.send_limit)
-    }
-
-    /// Waits while the queue is above the high-water mark; fails once the connection is
-    /// closing or failed.
-    pub(super) async fn wait_to_queue(&self) -> Result<()> {
-        while !self.has_room()? {
-            // No other task runs between the check above and the first poll of this
-            // future, so the writer's notification cannot be missed.
-            self.progress.notified().await;
-        }
-        Ok(())
+        Ok(ob.data.len() + ob.chunks_len + ob.in_flight <= self.limits.send_limit)
     }
 
     /// The compressed form of a shared payload for a compressor without context takeover
@@ -444,7 +438,7 @@ impl Conn {
                 if ob.failed
                     || ob.writer_done
                     || ob.data.len() + ob.chunks_len + ob.control.len() + ob.in_flight
-                        <= self.send_limit
+                        <= self.limits.send_limit
                 {
                     return;
                 }
@@ -468,7 +462,8 @@ impl Conn {
             if self.buffered() == 0 {
                 return Ok(());
             }
-            // As in `wait_to_queue`: nothing runs between the check and the first poll.
+            // No other task runs between the check and the first poll of this future, so the
+            // writer's notification cannot be missed.
             self.progress.notified().await;
         }
     }

@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::Shutdown;
+use std::num::NonZeroU64;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,14 +47,14 @@ pub(crate) struct Timeouts {
 /// When `conn` next needs its timer checked, from its phase and last activity (`None`: never,
 /// until its phase changes).
 pub(super) fn next_deadline(conn: &Conn) -> Option<Instant> {
-    let config = *conn.timeouts;
+    let config = conn.limits.timeouts;
     let last = conn.last_activity.get();
     match conn.phase.get() {
         Phase::Open => {
             let idle = config.idle.map(|t| last + t);
             let ping = config
                 .ping
-                .map(|every| last.max(conn.pinged_at.get().unwrap_or(last)) + every);
+                .map(|every| last.max(pinged_at(conn).unwrap_or(last)) + every);
             match (idle, ping) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -65,10 +66,16 @@ pub(super) fn next_deadline(conn: &Conn) -> Option<Instant> {
     }
 }
 
+/// When the last keep-alive ping was sent to `conn`, if one was.
+fn pinged_at(conn: &Conn) -> Option<Instant> {
+    let at = conn.pinged_at.get()?;
+    Some(TIMERS.with(|t| t.instant(at)))
+}
+
 /// Does what is due for `conn` at `now` (the idle timeout's close, a keep-alive ping, the
 /// shutdown at a handshake or close timeout) and returns its next deadline.
 fn expire(conn: &Conn, now: Instant) -> Option<Instant> {
-    let config = *conn.timeouts;
+    let config = conn.limits.timeouts;
     loop {
         let last = conn.last_activity.get();
         match conn.phase.get() {
@@ -80,9 +87,9 @@ fn expire(conn: &Conn, now: Instant) -> Option<Instant> {
                     continue;
                 }
                 if let Some(every) = config.ping {
-                    if now >= last.max(conn.pinged_at.get().unwrap_or(last)) + every {
+                    if now >= last.max(pinged_at(conn).unwrap_or(last)) + every {
                         let _ = conn.queue_control(OpCode::Ping, b"");
-                        conn.pinged_at.set(Some(now));
+                        conn.pinged_at.set(Some(TIMERS.with(|t| t.ticks(now))));
                     }
                 }
             }
@@ -99,16 +106,16 @@ fn expire(conn: &Conn, now: Instant) -> Option<Instant> {
     }
 }
 
-/// A connection due at `at`.
+/// A connection due at `at` (in ticks; see [`Timers::ticks`]). 16 bytes: the heap holds one
+/// or two per connection.
 struct Entry {
-    at: Instant,
-    seq: u64,
+    at: NonZeroU64,
     conn: Weak<Conn>,
 }
 
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+        self.at == other.at
     }
 }
 
@@ -122,17 +129,17 @@ impl PartialOrd for Entry {
 
 impl Ord for Entry {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+        self.at.cmp(&other.at)
     }
 }
 
 /// The timers of this thread's connections.
-#[derive(Default)]
 struct Timers {
     /// Earliest first. A connection has at most one current entry: the one whose time is its
     /// `timer_at`; others are stale and skipped.
     heap: RefCell<BinaryHeap<Reverse<Entry>>>,
-    seq: Cell<u64>,
+    /// Where the ticks count from.
+    base: Instant,
     /// The timer task runs (it ends with the runtime that ran it).
     running: Cell<bool>,
     /// The deadline the task sleeps until.
@@ -140,23 +147,45 @@ struct Timers {
     wake: Notify,
 }
 
+impl Timers {
+    fn new() -> Self {
+        Timers {
+            heap: RefCell::default(),
+            base: Instant::now(),
+            running: Cell::new(false),
+            sleeping_until: Cell::new(None),
+            wake: Notify::new(),
+        }
+    }
+
+    /// `at` in ticks: nanoseconds since `base`, plus one (a time before `base` is tick 1, due
+    /// at once, and finds its real deadline then).
+    fn ticks(&self, at: Instant) -> NonZeroU64 {
+        let nanos = at.saturating_duration_since(self.base).as_nanos();
+        NonZeroU64::new(u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1).unwrap_or(NonZeroU64::MIN)
+    }
+
+    /// The time of tick `at`.
+    fn instant(&self, at: NonZeroU64) -> Instant {
+        self.base + Duration::from_nanos(at.get() - 1)
+    }
+}
+
 thread_local! {
-    static TIMERS: Rc<Timers> = Rc::default();
+    static TIMERS: Rc<Timers> = Rc::new(Timers::new());
 }
 
 /// Puts `conn` (whose timer is due at `at`) on this thread's timers, unless an entry at or
 /// before `at` is there already. Must run inside the runtime.
 pub(super) fn schedule(conn: &Conn, at: Instant) {
-    if conn.timer_at.get().is_some_and(|t| t <= at) {
-        return; // that entry comes first and finds the real deadline
-    }
-    conn.timer_at.set(Some(at));
     TIMERS.with(|timers| {
-        let seq = timers.seq.get();
-        timers.seq.set(seq + 1);
+        let tick = timers.ticks(at);
+        if conn.timer_at.get().is_some_and(|t| t <= tick) {
+            return; // that entry comes first and finds the real deadline
+        }
+        conn.timer_at.set(Some(tick));
         timers.heap.borrow_mut().push(Reverse(Entry {
-            at,
-            seq,
+            at: tick,
             conn: conn.me.clone(),
         }));
         if !timers.running.get() {
@@ -183,11 +212,12 @@ async fn run(timers: Rc<Timers>) {
     let _running = Running(timers.clone());
     loop {
         let now = Instant::now();
+        let now_tick = timers.ticks(now);
         loop {
             let due = {
                 let mut heap = timers.heap.borrow_mut();
                 match heap.peek() {
-                    Some(Reverse(e)) if e.at <= now => heap.pop(),
+                    Some(Reverse(e)) if e.at <= now_tick => heap.pop(),
                     _ => None,
                 }
             };
@@ -203,7 +233,11 @@ async fn run(timers: Rc<Timers>) {
                 schedule(&conn, next);
             }
         }
-        let next = timers.heap.borrow().peek().map(|Reverse(e)| e.at);
+        let next = timers
+            .heap
+            .borrow()
+            .peek()
+            .map(|Reverse(e)| timers.instant(e.at));
         timers.sleeping_until.set(next);
         match next {
             Some(at) => tokio::select! {

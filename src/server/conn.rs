@@ -22,13 +22,7 @@ pub(crate) async fn serve(ctx: Rc<ThreadCtx>, stream: TcpStream, peer: SocketAdd
     let _ = stream.set_nodelay(true);
     let id = ctx.next_id();
     tracing::debug!(%peer, id, "accepted");
-    let conn = Conn::new(
-        stream,
-        ctx.config.send_queue_limit,
-        ctx.timeouts.clone(),
-        None,
-        ctx.buffers.clone(),
-    );
+    let conn = Conn::new(stream, ctx.limits.clone(), None, ctx.buffers.clone());
     #[cfg(feature = "tls")]
     if let Some(tls) = &ctx.tls {
         match crate::tls::Session::server(tls) {

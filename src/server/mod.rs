@@ -815,8 +815,8 @@ pub(crate) struct ThreadCtx {
     pub(crate) tls: Option<TlsSettings>,
     pub(crate) handler: Box<Handler>,
     pub(crate) buffers: Rc<BufferPool>,
-    /// The connections' timeouts, shared by all of them.
-    pub(crate) timeouts: Rc<crate::conn::Timeouts>,
+    /// The connections' timeouts and send queue limit, shared by all of them.
+    pub(crate) limits: Rc<crate::conn::Limits>,
     pub(crate) topics: Rc<topics::ThreadTopics>,
     shared: Arc<Shared>,
     /// This thread's index among the server's threads.
@@ -903,7 +903,10 @@ where
         let ctx = Rc::new(ThreadCtx {
             topics,
             buffers: Rc::new(BufferPool::new(setup.config.read_buffer_size)),
-            timeouts: Rc::new(setup.config.timeouts()),
+            limits: Rc::new(crate::conn::Limits {
+                timeouts: setup.config.timeouts(),
+                send_limit: setup.config.send_queue_limit,
+            }),
             config: setup.config,
             http: setup.http,
             check: setup.check,
