@@ -71,11 +71,13 @@ pub(crate) type MaskFn = Box<dyn FnMut() -> [u8; 4]>;
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     pub(super) outbox: RefCell<Outbox>,
-    /// Wakes the writer when something is queued.
+    /// Wakes the task that drives the writes when something is queued outside its polls.
     pub(super) wake_writer: WriterSignal,
-    /// The connection task is polling the application's handler (see [`Corked`]).
+    /// The connection task is polling the application's handler (or a publish pass is
+    /// queueing to many connections, see [`Conn::cork`]): frames queued meanwhile wait for
+    /// the write that starts when it ends.
     pub(super) in_handler: Cell<bool>,
-    /// Frames were queued during that poll and the writer was not told yet.
+    /// Frames were queued during that poll and their write is not started yet.
     pub(super) corked: Cell<bool>,
     /// The write in flight (see [`super::writer::poll_writes`]).
     pub(super) flight: RefCell<Option<Flight>>,
@@ -270,8 +272,6 @@ impl Conn {
         *self.deflate.borrow_mut() = Some(Box::new(c));
     }
 
-    /// Queues a data frame whose payload is shared rather than copied when it is large (and
-    /// the frame is not masked), waiting while the queue is above the high-water mark.
     /// Queues a data frame with a shared payload now, without waiting: refused when the queue
     /// is over its limit or the connection is closing (a publish to a slow subscriber).
     pub(crate) fn offer_shared(&self, opcode: OpCode, payload: &Bytes) -> Offered {
