@@ -28,11 +28,7 @@ async fn check(url: &str, compression: Compression, ca: Option<String>) -> Resul
         connector = connector.ca_file(ca).map_err(|e| e.to_string())?;
     }
     let ws = connector.connect(url).await.map_err(|e| e.to_string())?;
-    let agreed = ws
-        .info()
-        .extensions
-        .clone()
-        .unwrap_or_else(|| "none".into());
+    let agreed = ws.info().extensions().unwrap_or("none").to_owned();
     let (mut rx, tx) = ws.split();
     let sent = messages();
     for m in &sent {

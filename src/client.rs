@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::conn::buffers::{BufferPool, ReadBuf};
 use crate::conn::{
-    finish, writer, Conn, ConnectionInfo, Headers, Limits, Phase, RxState, Timeouts,
+    finish, writer, Conn, ConnectionInfo, Headers, InfoParts, Limits, Phase, RxState, Timeouts,
 };
 use crate::error::{io_uring_unavailable, Error, Result};
 use crate::proto::close::CloseCode;
@@ -459,16 +459,16 @@ impl Connector {
                 return Err(Error::Handshake(e));
             }
         };
-        let info = ConnectionInfo {
+        let info = ConnectionInfo::new(InfoParts {
             peer_addr: Some(peer),
-            path: url.resource.split('?').next().unwrap_or("/").to_owned(),
-            query: url.resource.split_once('?').map(|(_, q)| q.to_owned()),
+            path: url.resource.split('?').next().unwrap_or("/"),
+            query: url.resource.split_once('?').map(|(_, q)| q),
             origin: None,
-            protocol: response.protocol.map(str::to_owned),
-            extensions: agreed.and(response.extensions().next()).map(str::to_owned),
+            protocol: response.protocol,
+            extensions: agreed.and(response.extensions().next()),
             sni: None,
             headers: Headers::new(response.headers.iter().map(|h| (h.name, h.value))),
-        };
+        });
         let _ = conn.info.set(info);
         let reader = Reader::new(ReaderConfig {
             max_frame: self.max_frame,

@@ -54,7 +54,7 @@ async fn join(url: &str, room: &str, name: &str) -> Result<Conn, Error> {
         .protocols(["chat", "superchat"])
         .connect(url)
         .await?;
-    assert_eq!(ws.info().protocol.as_deref(), Some("chat"));
+    assert_eq!(ws.info().protocol(), Some("chat"));
     let mut c = ws.split();
     send(&c, json!({"type": "join", "room": room, "name": name})).await?;
     assert_eq!(

@@ -24,7 +24,7 @@ fn client_talks_to_the_server() {
             .protocols(["mqtt", "chat"])
             .connect(&url)
             .await?;
-        assert_eq!(ws.info().protocol.as_deref(), Some("chat"));
+        assert_eq!(ws.info().protocol(), Some("chat"));
         let (mut rx, tx) = ws.split();
         tx.send_text("Hello, World!").await?;
         tx.send_binary(&big2).await?;

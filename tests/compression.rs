@@ -43,7 +43,9 @@ fn echo_through(
         move |ws: uringws::WebSocket| {
             let seen = seen2.clone();
             async move {
-                seen.lock().unwrap().push(ws.info().extensions.clone());
+                seen.lock()
+                    .unwrap()
+                    .push(ws.info().extensions().map(str::to_owned));
                 let (mut rx, tx) = ws.split();
                 while let Some(msg) = rx.recv_owned().await? {
                     tx.send_owned(msg).await?;
@@ -70,7 +72,7 @@ fn echo_through(
             .compression(client_mode)
             .connect(&url)
             .await?;
-        let ext = ws.info().extensions.clone();
+        let ext = ws.info().extensions().map(str::to_owned);
         let (mut rx, tx) = ws.split();
         for round in 0..2 {
             for m in &messages {

@@ -149,7 +149,7 @@ fn data_attached_to_a_connection_is_seen_by_every_half() {
     }
     let handler = |ws: WebSocket| async move {
         assert!(ws.data::<User>().is_none());
-        let name = ws.info().query.clone().unwrap_or_default();
+        let name = ws.info().query().unwrap_or_default().to_owned();
         ws.set_data(User {
             name,
             messages: Cell::new(0),

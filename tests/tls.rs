@@ -39,7 +39,7 @@ fn tls_server(chain: &str, key: &str) -> Option<uringws::RunningServer> {
     let server = local(2).tls(tls).handshake_timeout(Duration::from_secs(2));
     start_with(server, |ws: WebSocket| async move {
         let (mut rx, tx) = ws.split();
-        let sni = rx.info().sni.clone().unwrap_or_default();
+        let sni = rx.info().sni().unwrap_or_default().to_owned();
         tx.send_text(&format!("sni={sni}")).await?;
         while let Some(msg) = rx.recv_owned().await? {
             tx.send_owned(msg).await?;

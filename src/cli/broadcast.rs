@@ -80,7 +80,7 @@ pub fn run(args: BroadcastArgs) -> Result<(), String> {
 /// One connection: subscribe to the path's topic, publish whatever it sends to the others.
 async fn relay(ws: WebSocket) -> crate::Result<()> {
     let (mut rx, tx) = ws.split();
-    let topic = topic_of(&tx.info().path).to_owned();
+    let topic = topic_of(tx.info().path()).to_owned();
     tx.subscribe(&topic)?;
     while let Some(msg) = rx.recv_owned().await? {
         // Only text and binary come out of `recv_owned`; pings are answered on the way.

@@ -4,31 +4,141 @@
 use std::net::SocketAddr;
 
 /// Facts about a connection, fixed at the handshake.
-#[derive(Debug, Clone, Default)]
+///
+/// Every connection holds one for its whole life, so its strings share one allocation (and
+/// the headers another): read them with the accessors.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConnectionInfo {
-    /// The peer's address.
-    pub peer_addr: Option<SocketAddr>,
-    /// The request path, e.g. `/chat`.
-    pub path: String,
-    /// The query string without `?`, if any.
-    pub query: Option<String>,
-    /// The `Origin` header, sent by browsers.
-    pub origin: Option<String>,
-    /// The subprotocol agreed in the handshake.
-    pub protocol: Option<String>,
-    /// The extensions agreed in the handshake, as the `Sec-WebSocket-Extensions` value of the
-    /// 101 (`permessage-deflate; ...` when compression was agreed).
-    pub extensions: Option<String>,
-    /// Every header of the request (the server's side) or of the 101 (the client's).
-    pub headers: Headers,
-    /// On a TLS connection, the server name the client asked for (SNI), if it sent one.
-    pub sni: Option<String>,
+    peer_addr: Option<SocketAddr>,
+    /// The path, query, origin, subprotocol, extensions and server name, one after the other.
+    text: Box<str>,
+    /// Where each of them ends in `text` (each starts where the one before ends).
+    ends: [u32; FIELDS],
+    /// Bit `i` set: field `i` is present (the path always is).
+    present: u8,
+    headers: Headers,
+}
+
+/// The string fields of a [`ConnectionInfo`], in the order they are stored.
+const FIELDS: usize = 6;
+const PATH: usize = 0;
+const QUERY: usize = 1;
+const ORIGIN: usize = 2;
+const PROTOCOL: usize = 3;
+const EXTENSIONS: usize = 4;
+const SNI: usize = 5;
+
+/// What a [`ConnectionInfo`] is made from (the handshake's view of it).
+#[derive(Default)]
+pub(crate) struct InfoParts<'a> {
+    pub(crate) peer_addr: Option<SocketAddr>,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) origin: Option<&'a str>,
+    pub(crate) protocol: Option<&'a str>,
+    pub(crate) extensions: Option<&'a str>,
+    pub(crate) sni: Option<&'a str>,
+    pub(crate) headers: Headers,
 }
 
 impl ConnectionInfo {
+    pub(crate) fn new(parts: InfoParts<'_>) -> ConnectionInfo {
+        let fields = [
+            Some(parts.path),
+            parts.query,
+            parts.origin,
+            parts.protocol,
+            parts.extensions,
+            parts.sni,
+        ];
+        let mut text = String::with_capacity(fields.iter().flatten().map(|f| f.len()).sum());
+        let mut ends = [0u32; FIELDS];
+        let mut present = 0u8;
+        for (i, field) in fields.iter().enumerate() {
+            // (A handshake is far below 4 GiB; a field that is not is left out.)
+            if let Some(f) = field.filter(|f| u32::try_from(text.len() + f.len()).is_ok()) {
+                text.push_str(f);
+                present |= 1 << i;
+            }
+            ends[i] = text.len() as u32;
+        }
+        ConnectionInfo {
+            peer_addr: parts.peer_addr,
+            text: text.into_boxed_str(),
+            ends,
+            present,
+            headers: parts.headers,
+        }
+    }
+
+    /// Field `i`, if present.
+    fn field(&self, i: usize) -> Option<&str> {
+        if self.present & (1 << i) == 0 {
+            return None;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.text.get(start..self.ends[i] as usize)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    /// The request path, e.g. `/chat` (empty before the handshake completes).
+    pub fn path(&self) -> &str {
+        self.field(PATH).unwrap_or_default()
+    }
+
+    /// The query string without `?`, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.field(QUERY)
+    }
+
+    /// The `Origin` header, sent by browsers.
+    pub fn origin(&self) -> Option<&str> {
+        self.field(ORIGIN)
+    }
+
+    /// The subprotocol agreed in the handshake.
+    pub fn protocol(&self) -> Option<&str> {
+        self.field(PROTOCOL)
+    }
+
+    /// The extensions agreed in the handshake, as the `Sec-WebSocket-Extensions` value of the
+    /// 101 (`permessage-deflate; ...` when compression was agreed).
+    pub fn extensions(&self) -> Option<&str> {
+        self.field(EXTENSIONS)
+    }
+
+    /// On a TLS connection, the server name the client asked for (SNI), if it sent one.
+    pub fn sni(&self) -> Option<&str> {
+        self.field(SNI)
+    }
+
+    /// Every header of the request (the server's side) or of the 101 (the client's).
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
     /// The first value of header `name` (case-insensitive), if it is UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name)
+    }
+}
+
+impl std::fmt::Debug for ConnectionInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionInfo")
+            .field("peer_addr", &self.peer_addr)
+            .field("path", &self.path())
+            .field("query", &self.query())
+            .field("origin", &self.origin())
+            .field("protocol", &self.protocol())
+            .field("extensions", &self.extensions())
+            .field("sni", &self.sni())
+            .field("headers", &self.headers)
+            .finish()
     }
 }
 
@@ -114,6 +224,31 @@ impl std::fmt::Debug for Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn info_fields_come_back_as_given() {
+        let info = ConnectionInfo::new(InfoParts {
+            peer_addr: Some("127.0.0.1:9".parse().unwrap()),
+            path: "/chat",
+            query: Some(""),
+            origin: None,
+            protocol: Some("chat.v1"),
+            extensions: Some("permessage-deflate"),
+            sni: Some("example.com"),
+            headers: Headers::new([("Host", &b"example.com"[..])]),
+        });
+        assert_eq!(info.peer_addr(), Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(info.path(), "/chat");
+        assert_eq!(info.query(), Some(""), "present but empty");
+        assert_eq!(info.origin(), None);
+        assert_eq!(info.protocol(), Some("chat.v1"));
+        assert_eq!(info.extensions(), Some("permessage-deflate"));
+        assert_eq!(info.sni(), Some("example.com"));
+        assert_eq!(info.header("host"), Some("example.com"));
+        let empty = ConnectionInfo::default();
+        assert_eq!((empty.path(), empty.query(), empty.sni()), ("", None, None));
+        assert!(empty.headers().is_empty());
+    }
 
     #[test]
     fn headers_keep_order_names_and_raw_values() {

@@ -21,6 +21,7 @@ mod websocket;
 mod writer;
 
 pub(crate) use close::{finish, linger};
+pub(crate) use info::InfoParts;
 pub use info::{ConnectionInfo, Headers};
 pub use receiver::Receiver;
 pub(crate) use receiver::{RxState, DIRECT_READ_MIN};

@@ -427,7 +427,7 @@ impl RxState {
             let advance = match self.reader.advance(&mut self.buf.bytes_mut()[base..end]) {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::debug!(peer = ?conn.info().peer_addr, error = %e, code = e.close_code().0, "protocol error; closing");
+                    tracing::debug!(peer = ?conn.info().peer_addr(), error = %e, code = e.close_code().0, "protocol error; closing");
                     self.finished = true;
                     let _ = conn.queue_close(Some(e.close_code()), "");
                     return Err(Error::Protocol(e));
@@ -465,7 +465,7 @@ impl RxState {
                         Some(f) => (Some(f.code), f.reason.to_owned()),
                         None => (None, String::new()),
                     };
-                    tracing::debug!(peer = ?conn.info().peer_addr, code = code.map(|c| c.0), "close received");
+                    tracing::debug!(peer = ?conn.info().peer_addr(), code = code.map(|c| c.0), "close received");
                     self.peer_close =
                         Some(Box::new((code.unwrap_or(CloseCode::NO_STATUS), reason)));
                     conn.close_received.set(true);

@@ -151,16 +151,8 @@ impl Conn {
 
     /// Facts about the connection (empty before the handshake completes).
     pub(super) fn info(&self) -> &ConnectionInfo {
-        static EMPTY: ConnectionInfo = ConnectionInfo {
-            peer_addr: None,
-            path: String::new(),
-            query: None,
-            origin: None,
-            protocol: None,
-            extensions: None,
-            headers: crate::conn::Headers::empty(),
-            sni: None,
-        };
+        static EMPTY: std::sync::LazyLock<ConnectionInfo> =
+            std::sync::LazyLock::new(ConnectionInfo::default);
         self.info.get().unwrap_or(&EMPTY)
     }
 
@@ -237,7 +229,7 @@ impl Conn {
             return Ok(());
         }
         tracing::debug!(
-            peer = ?self.info().peer_addr,
+            peer = ?self.info().peer_addr(),
             code = code.map(|c| c.0),
             reason,
             "close sent"

@@ -9,7 +9,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use crate::conn::buffers::ReadBuf;
-use crate::conn::{linger, run, Conn, ConnectionInfo, Headers, Phase, RxState, WebSocket};
+use crate::conn::{
+    linger, run, Conn, ConnectionInfo, Headers, InfoParts, Phase, RxState, WebSocket,
+};
 use crate::proto::deflate::{self, Agreed, Compressor};
 use crate::proto::frame::Role;
 use crate::proto::handshake::{self, Handshake, HeadScanner, UpgradeRequest};
@@ -124,9 +126,14 @@ async fn handshake(ctx: &ThreadCtx, conn: &Conn, peer: SocketAddr) -> Option<Ope
             }
             Ok(Handshake::WebSocket(upgrade)) => match accept(ctx, &upgrade, &mut out) {
                 Ok((protocol, agreed)) => {
-                    let mut info = connection_info(&upgrade, protocol, peer);
-                    info.sni = conn.sni();
-                    info.extensions = agreed.as_ref().map(|(_, header)| header.clone());
+                    let sni = conn.sni();
+                    let info = connection_info(
+                        &upgrade,
+                        peer,
+                        protocol.as_deref(),
+                        agreed.as_ref().map(|(_, header)| header.as_str()),
+                        sni.as_deref(),
+                    );
                     // Open from here on: a shutdown that comes while the 101 is being written
                     // queues a close frame, which the writer sends after it, instead of
                     // cutting off a connection whose client may already have read the 101.
@@ -136,7 +143,7 @@ async fn handshake(ctx: &ThreadCtx, conn: &Conn, peer: SocketAddr) -> Option<Ope
                         finish_plain(conn).await;
                         return None;
                     }
-                    tracing::debug!(%peer, path = info.path, "upgraded");
+                    tracing::debug!(%peer, path = info.path(), "upgraded");
                     let _ = conn.info.set(info);
                     return Some((head, head_len, recv, agreed.map(|(a, _)| a)));
                 }
@@ -192,20 +199,22 @@ fn accept(
 
 fn connection_info(
     upgrade: &UpgradeRequest<'_>,
-    protocol: Option<String>,
     peer: SocketAddr,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+    sni: Option<&str>,
 ) -> ConnectionInfo {
     let request = &upgrade.request;
-    ConnectionInfo {
+    ConnectionInfo::new(InfoParts {
         peer_addr: Some(peer),
-        path: request.path.to_owned(),
-        query: request.query.map(str::to_owned),
-        origin: upgrade.origin().map(str::to_owned),
+        path: request.path,
+        query: request.query,
+        origin: upgrade.origin(),
         protocol,
-        extensions: None,
-        sni: None,
+        extensions,
+        sni,
         headers: Headers::new(request.headers().iter().map(|h| (h.name, h.value))),
-    }
+    })
 }
 
 /// Answers a refused handshake with its HTTP error and closes.
