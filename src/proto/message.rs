@@ -231,17 +231,15 @@ impl Reader {
     /// Makes `buf` the reassembly buffer if its capacity is larger than the current one's,
     /// moving the bytes reassembled so far into it, and returns the buffer it gave up
     /// (emptied); otherwise returns `buf` untouched. Nothing changes while the buffer is out
-    /// for a direct read or a reassembled message has not been consumed yet.
+    /// for a direct read, or holds a reassembled message that was reported ready (until the
+    /// next [`Reader::advance`]).
     pub fn provide_buffer(&mut self, mut buf: Vec<u8>) -> Vec<u8> {
         if buf.capacity() <= self.assembled.capacity()
             || self.direct_from.is_some()
             || self.pending.is_some()
+            || self.handed_out
         {
             return buf;
-        }
-        if self.handed_out {
-            self.handed_out = false;
-            self.assembled.clear();
         }
         buf.clear();
         buf.extend_from_slice(&self.assembled);
@@ -976,6 +974,9 @@ mod tests {
         assert_eq!(r.wants_buffer(), None);
         let ready = a.ready.expect("complete");
         assert_eq!(at + a.consumed, wire.len());
+        // Not while the reassembled message is out: it stays where it was reported.
+        let larger = r.provide_buffer(Vec::with_capacity(1 << 16));
+        assert_eq!(larger.capacity(), 1 << 16, "given back untouched");
         let taken = r.take_assembled(ready).unwrap();
         assert_eq!(taken, payload);
         assert_eq!(taken.as_ptr(), ptr, "reassembled in the given buffer");
