@@ -91,10 +91,18 @@ impl BufferPool {
         true
     }
 
+    /// An empty buffer of at least `capacity` bytes: a kept one, or else a new one of exactly
+    /// `capacity`, so that once kept by the pool it serves the next request of this size (a
+    /// new buffer grown step by step would end a little short of it, and never be reused).
+    pub(crate) fn take_large_or_new(&self, capacity: usize) -> Vec<u8> {
+        self.take_large(capacity)
+            .unwrap_or_else(|| Vec::with_capacity(capacity))
+    }
+
     /// A copy of `bytes` in a kept large buffer (or a new one), which comes back through
     /// [`BufferPool::put_large`] once written.
     pub(crate) fn copy_to_large(&self, bytes: &[u8]) -> Bytes {
-        let mut buf = self.take_large(bytes.len()).unwrap_or_default();
+        let mut buf = self.take_large_or_new(bytes.len());
         buf.extend_from_slice(bytes);
         Bytes::from(buf)
     }

@@ -93,11 +93,10 @@ impl RxState {
         buf: ReadBuf,
         start: usize,
         end: usize,
-        reader: Reader,
+        mut reader: Reader,
         pool: Rc<BufferPool>,
         recv: Option<RecvMulti>,
     ) -> Self {
-        let mut reader = reader;
         // Large frames are reassembled in the pool's buffers (see `BufferPool::take_large`).
         reader.request_buffers(LARGE_MIN);
         RxState {

@@ -168,13 +168,8 @@ impl Conn {
         };
         let mut wire = s.take_out();
         if wire.capacity() == 0 {
-            // Room for the records' overhead too. A new buffer gets exactly this capacity,
-            // so that once written and kept by the pool it serves the next batch of this size.
-            let capacity = total + total / 256 + 256;
-            match self.pool.take_large(capacity) {
-                Some(v) => wire = v,
-                None => wire.reserve_exact(capacity),
-            }
+            // Room for the records' overhead too.
+            wire = self.pool.take_large_or_new(total + total / 256 + 256);
         }
         let mut small = Vec::new();
         for part in parts {
@@ -208,12 +203,9 @@ impl Conn {
             return Ok(plain.to_vec());
         };
         if s.out.capacity() == 0 && plain.len() >= crate::conn::buffers::LARGE_MIN {
-            // As in `seal_parts`: a new buffer is made the size asked for.
-            let capacity = plain.len() + plain.len() / 256 + 64;
-            match self.pool.take_large(capacity) {
-                Some(v) => s.out = v,
-                None => s.out.reserve_exact(capacity),
-            }
+            s.out = self
+                .pool
+                .take_large_or_new(plain.len() + plain.len() / 256 + 64);
         }
         s.seal(plain)
     }

@@ -267,17 +267,14 @@ impl Conn {
     /// Queues a data frame with a shared payload now, without waiting: refused when the queue
     /// is over its limit or the connection is closing (a publish to a slow subscriber).
     pub(crate) fn offer_shared(&self, opcode: OpCode, payload: &Bytes) -> Offered {
-        {
-            let ob = self.outbox.borrow();
-            if ob.close_queued || ob.failed {
-                return Offered::Closed;
-            }
-            if ob.data.len() + ob.chunks_len + ob.in_flight > self.limits.send_limit {
-                return Offered::Full;
+        match self.has_room() {
+            Err(_) => Offered::Closed,
+            Ok(false) => Offered::Full,
+            Ok(true) => {
+                self.encode_shared(opcode, payload);
+                Offered::Queued
             }
         }
-        self.encode_shared(opcode, payload);
-        Offered::Queued
     }
 
     /// Encodes a data frame with a shared payload at the end of the queue: a large payload
