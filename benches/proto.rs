@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use uringws::proto::deflate::{Compression, Compressor, Inflater, Stream};
 use uringws::proto::frame::{decode_header, write_frame, DecodeLimits, OpCode, Role};
 use uringws::proto::handshake::{accept_key, parse, Handshake, HeadScanner, DEFAULT_MAX_REQUEST};
-use uringws::proto::mask::{apply_mask, apply_mask_bytewise};
+use uringws::proto::mask::{append_copy, append_masked, apply_mask, apply_mask_bytewise};
 use uringws::proto::message::{Reader, ReaderConfig};
 use uringws::proto::utf8::Utf8Validator;
 
@@ -29,7 +29,7 @@ fn config() -> Criterion {
 
 fn mask(c: &mut Criterion) {
     let mut group = c.benchmark_group("mask");
-    for size in [16usize, 1 << 10, 64 << 10, 1 << 20] {
+    for size in [16usize, 1000, 1 << 10, 64 << 10, 1 << 20] {
         group.throughput(Throughput::Bytes(size as u64));
         let src: Vec<u8> = (0..size).map(|i| (i * 31 + 7) as u8).collect();
         let mut buf = src.clone();
@@ -46,6 +46,24 @@ fn mask(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("bytewise", size), &size, |b, _| {
             b.iter(|| apply_mask_bytewise(black_box(&mut buf[..]), black_box(KEY), black_box(1)))
         });
+        // A payload moved into a reassembly buffer: unmasked in place, then copied (two
+        // passes), against `append_masked` (one), both from a 14-byte header's offset.
+        let mut assembled = Vec::with_capacity(size);
+        group.bench_with_input(BenchmarkId::new("unmask_then_copy", size), &size, |b, _| {
+            b.iter(|| {
+                assembled.clear();
+                apply_mask(black_box(&mut framed[14..]), black_box(KEY), black_box(1));
+                assembled.extend_from_slice(&framed[14..]);
+                black_box(&assembled);
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("append_masked", size), &size, |b, _| {
+            b.iter(|| {
+                assembled.clear();
+                append_masked(&mut assembled, black_box(&framed[14..]), black_box(KEY), 1);
+                black_box(&assembled);
+            })
+        });
         // The floor: a plain copy of the same number of bytes into a preallocated buffer.
         let mut dst = vec![0u8; size];
         group.bench_with_input(BenchmarkId::new("copy", size), &size, |b, _| {
@@ -53,6 +71,27 @@ fn mask(c: &mut Criterion) {
                 black_box(&mut dst[..]).copy_from_slice(black_box(&src[..]));
             })
         });
+        // Appending to a buffer whose end lies 16 bytes after the source modulo 4096 (where
+        // glibc's `rep movsb` is slow on AMD Zen): `extend_from_slice` against `append_copy`.
+        let mut aliased = Vec::with_capacity(size + 8192);
+        let lead = (src.as_ptr() as usize + 16).wrapping_sub(aliased.as_ptr() as usize) & 4095;
+        for (name, ours) in [
+            ("copy_aliased_memcpy", false),
+            ("copy_aliased_append_copy", true),
+        ] {
+            group.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
+                b.iter(|| {
+                    aliased.clear();
+                    aliased.resize(lead, 0);
+                    if ours {
+                        append_copy(&mut aliased, black_box(&src[..]));
+                    } else {
+                        aliased.extend_from_slice(black_box(&src[..]));
+                    }
+                    black_box(&aliased);
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell};
 
 use bytes::Bytes;
 
+use crate::proto::mask::append_copy;
 use crate::uring::RecvBuf;
 
 /// Heap buffers always kept for reuse (beyond the registered ones), so that connections that
@@ -86,7 +87,7 @@ impl BufferPool {
         let Some(mut large) = self.take_large(capacity) else {
             return false;
         };
-        large.extend_from_slice(buf);
+        append_copy(&mut large, buf);
         self.put_large(std::mem::replace(buf, large));
         true
     }
@@ -103,7 +104,7 @@ impl BufferPool {
     /// [`BufferPool::put_large`] once written.
     pub(crate) fn copy_to_large(&self, bytes: &[u8]) -> Bytes {
         let mut buf = self.take_large_or_new(bytes.len());
-        buf.extend_from_slice(bytes);
+        append_copy(&mut buf, bytes);
         Bytes::from(buf)
     }
 

@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::task::{Context, Waker};
 
+use crate::proto::mask::append_copy;
 use bytes::Bytes;
 
 /// The send queue.
@@ -42,7 +43,7 @@ impl Outbox {
             std::mem::swap(&mut batch, &mut self.data);
         } else {
             std::mem::swap(&mut batch, &mut self.control);
-            batch.extend_from_slice(&self.data);
+            append_copy(&mut batch, &self.data);
             self.data.clear();
         }
         self.in_flight = batch.len();

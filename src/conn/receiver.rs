@@ -11,6 +11,7 @@ use crate::conn::{info::ConnectionInfo, shared::Conn};
 use crate::error::{Error, Result};
 use crate::proto::close::CloseCode;
 use crate::proto::frame::OpCode;
+use crate::proto::mask::append_copy;
 use crate::proto::message::{Direct, Message, OwnedMessage, Reader, Ready};
 use crate::uring::{received, Op, Received, RecvBuf, RecvMulti};
 
@@ -257,7 +258,11 @@ impl RxState {
                 v.truncate(end - start);
                 v
             }
-            ReadBuf::Ring(r) if start < end => r[start..end].to_vec(),
+            ReadBuf::Ring(r) if start < end => {
+                let mut v = Vec::with_capacity(end - start);
+                append_copy(&mut v, &r[start..end]);
+                v
+            }
             idle => {
                 if matches!(&idle, ReadBuf::Heap(v) if v.capacity() > 0) {
                     self.pool.checkin(idle);
@@ -356,7 +361,7 @@ impl RxState {
             unreachable!("the pool hands out heap buffers")
         };
         heap.clear();
-        heap.extend_from_slice(&self.buf.bytes()[self.start..self.end]);
+        append_copy(&mut heap, &self.buf.bytes()[self.start..self.end]);
         self.start = 0;
         self.end = heap.len();
         // The ring buffer goes back to the ring as it is dropped here.
@@ -385,12 +390,12 @@ impl RxState {
                     unreachable!("the pool hands out heap buffers")
                 };
                 v.clear();
-                v.extend_from_slice(&old[start..end]);
+                append_copy(&mut v, &old[start..end]);
                 v // `old` goes back to the ring
             }
             ReadBuf::Taken => unreachable!("pending bytes without a buffer"),
         };
-        heap.extend_from_slice(&bytes);
+        append_copy(&mut heap, &bytes);
         self.start = 0;
         self.end = heap.len();
         self.buf = ReadBuf::Heap(heap);

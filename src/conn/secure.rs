@@ -5,6 +5,8 @@
 use std::io;
 
 use crate::conn::shared::Conn;
+#[cfg(feature = "tls")]
+use crate::proto::mask::append_copy;
 use crate::uring::{recv_append, RecvMulti};
 #[cfg(feature = "tls")]
 use crate::uring::{recv_next, Chunk, TcpStream};
@@ -60,11 +62,11 @@ impl Secure {
         if self.incoming.is_empty() {
             let (consumed, opened) = self.session.open_slice(&mut data, plain, &mut self.out);
             if opened.is_ok() && consumed < data.len() {
-                self.incoming.extend_from_slice(&data[consumed..]);
+                append_copy(&mut self.incoming, &data[consumed..]);
             }
             return opened;
         }
-        self.incoming.extend_from_slice(&data);
+        append_copy(&mut self.incoming, &data);
         drop(data);
         let opened = self.session.open(&mut self.incoming, plain, &mut self.out);
         // An idle connection keeps no record-sized buffer.

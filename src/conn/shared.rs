@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::proto::close::{write_close_payload, CloseCode};
 use crate::proto::deflate::Compressor;
 use crate::proto::frame::{encode_header, write_frame, write_frame_rsv, OpCode, MAX_HEADER_LEN};
+use crate::proto::mask::append_copy;
 use crate::uring::TcpStream;
 
 /// Payloads of at least this many bytes sent as `Bytes` are written from where they are
@@ -308,7 +309,7 @@ impl Conn {
         let n = encode_header(&mut header, true, rsv, opcode, None, payload.len() as u64);
         let mut ob = self.outbox.borrow_mut();
         let mut head = Vec::with_capacity(ob.data.len() + n);
-        head.extend_from_slice(&ob.data);
+        append_copy(&mut head, &ob.data);
         head.extend_from_slice(&header[..n]);
         ob.data.clear();
         ob.chunks_len += head.len() + payload.len();

@@ -7,6 +7,7 @@
 //! frame size limit. A header that declares a huge payload is refused before anything is
 //! allocated.
 
+use crate::proto::mask::{append_copy, append_masked};
 use crate::proto::ProtocolError;
 
 /// The largest header: 2 bytes, 8 bytes of extended length, 4 bytes of mask key.
@@ -249,10 +250,11 @@ pub fn write_frame_rsv(
     let n = encode_header(&mut header, fin, rsv, opcode, mask, payload.len() as u64);
     out.reserve(n + payload.len());
     out.extend_from_slice(&header[..n]);
-    let at = out.len();
-    out.extend_from_slice(payload);
-    if let Some(key) = mask {
-        crate::proto::mask::apply_mask(&mut out[at..], key, 0);
+    match mask {
+        Some(key) => {
+            append_masked(out, payload, key, 0);
+        }
+        None => append_copy(out, payload),
     }
 }
 

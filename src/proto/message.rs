@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crate::proto::close::{parse_close_payload, CloseCode, CloseFrame};
 use crate::proto::deflate::{Inflater, Stream};
 use crate::proto::frame::{decode_header, DecodeLimits, Decoded, FrameHeader, OpCode, Role};
-use crate::proto::mask::apply_mask;
+use crate::proto::mask::{append_copy, append_masked, apply_mask};
 use crate::proto::utf8::Utf8Validator;
 use crate::proto::ProtocolError;
 
@@ -242,7 +242,7 @@ impl Reader {
             return buf;
         }
         buf.clear();
-        buf.extend_from_slice(&self.assembled);
+        append_copy(&mut buf, &self.assembled);
         let mut old = std::mem::replace(&mut self.assembled, buf);
         old.clear();
         old
@@ -466,15 +466,20 @@ impl Reader {
                     if self.compressed {
                         self.inflate_piece(piece, &header, &mut remaining, &mut phase)?;
                     } else {
-                        let text = self.kind == Some(Kind::Text);
-                        unmask_and_check(
-                            piece,
-                            &header,
-                            &mut remaining,
-                            &mut phase,
-                            text.then_some(&mut self.utf8),
-                        )?;
-                        self.assembled.extend_from_slice(piece);
+                        // Unmasked as it is copied: one pass over the payload, not two.
+                        let at = self.assembled.len();
+                        match header.mask {
+                            Some(key) => {
+                                phase = append_masked(&mut self.assembled, piece, key, phase)
+                            }
+                            None => append_copy(&mut self.assembled, piece),
+                        }
+                        remaining -= avail as u64;
+                        if self.kind == Some(Kind::Text) {
+                            self.utf8
+                                .feed(&self.assembled[at..], remaining == 0 && header.fin)
+                                .map_err(|_| ProtocolError::InvalidUtf8)?;
+                        }
                     }
                     consumed += avail;
                     if let Some(ready) = self.end_piece(header, remaining, phase) {

@@ -11,6 +11,7 @@ use rustls::server::ServerConnectionData;
 use rustls::{AlertDescription, ConnectionTrafficSecrets, Error};
 
 use super::Opened;
+use crate::proto::mask::append_copy;
 
 /// Record content types (RFC 8446 §5.1).
 const ALERT: u8 = 21;
@@ -210,7 +211,7 @@ impl RecordLayer {
             return Err(unexpected("a TLS handshake message cut by another record"));
         }
         match kind {
-            APPLICATION_DATA => plain.extend_from_slice(content),
+            APPLICATION_DATA => append_copy(plain, content),
             ALERT => match content {
                 [_, 0] => self.peer_closed = true,
                 // user_canceled is the one warning TLS 1.3 keeps; close_notify follows it.
@@ -306,7 +307,7 @@ impl RecordLayer {
         let header = [APPLICATION_DATA, 3, 3, hi, lo];
         let start = out.len();
         out.extend_from_slice(&header);
-        out.extend_from_slice(content);
+        append_copy(out, content);
         out.push(kind);
         let nonce = self.tx.next_nonce()?;
         let tag = self

@@ -14,6 +14,7 @@ use io_uring::{opcode, types};
 use super::ops::{self, Op, Parts, Received, RecvMulti};
 use super::try_driver;
 use super::Completion;
+use crate::proto::mask::append_copy;
 
 /// A connected TCP socket driven by the thread's ring.
 #[derive(Debug)]
@@ -264,7 +265,7 @@ pub(crate) async fn recv_append(
     };
     match r.recv().await {
         Received::Data(b) => {
-            buf.extend_from_slice(&b);
+            append_copy(buf, &b);
             Ok(true)
         }
         Received::Eof => Ok(false),
