@@ -32,7 +32,8 @@
 #
 # Autobahn|Testsuite needs Python 2.7, which Debian bookworm lacks: python2.7 is fetched from
 # Debian bullseye with a private apt configuration (the system's apt state is not touched) and
-# extracted into $CACHE/root; wstest and its pinned dependencies go into $CACHE/site.
+# extracted into $CACHE/root; wstest and its pinned dependencies go into $CACHE/site, with
+# wsaccel (wstest's C masking and UTF-8 validation) built there by gcc.
 # Reports go to target/autobahn/reports (target/autobahn-client/reports for --client); a full
 # run (no --cases, default compression) writes the summary to scripts/autobahn-summary.txt, any
 # other run only to target/autobahn*/summary.txt.
@@ -48,7 +49,9 @@ SITE_PACKAGES="$SITE/lib/python2.7/site-packages"
 MARKER="$CACHE/install-complete"
 WSTEST="$CACHE/bin/wstest"
 
-DEBS=(python2.7 python2.7-minimal libpython2.7-stdlib libpython2.7-minimal libssl1.1 libffi7)
+# libpython2.7-dev only for its headers, to build wsaccel.
+DEBS=(python2.7 python2.7-minimal libpython2.7-stdlib libpython2.7-minimal libpython2.7-dev
+    libssl1.1 libffi7)
 PIP_BOOTSTRAP=(pip==20.3.4 setuptools==44.1.1 wheel==0.37.1)
 PINS=(
     txaio==2.1.0 incremental==16.10.1 pyOpenSSL==19.1.0 cryptography==3.3.2 Twisted==19.10.0
@@ -56,8 +59,12 @@ PINS=(
     service_identity==18.1.0 unittest2==1.1.0 six==1.16.0 'autobahn[twisted]==0.10.9'
     autobahntestsuite==0.8.2
 )
+# wstest masks, unmasks and validates UTF-8 byte by byte in Python unless wsaccel (two C
+# extensions) is importable; without it wstest, not the testee, is the bottleneck of cases 12.*
+# and 13.* (1000 messages of up to 128 KiB each), and the full suite takes most of an hour.
+WSACCEL=wsaccel==0.6.2
 # The marker records what was installed; a change to the lists above forces a reinstall.
-MARKER_CONTENT="uringws-autobahn v2: ${DEBS[*]} | ${PIP_BOOTSTRAP[*]} | ${PINS[*]}"
+MARKER_CONTENT="uringws-autobahn v3: ${DEBS[*]} | ${PIP_BOOTSTRAP[*]} | ${PINS[*]} | $WSACCEL"
 
 log() { printf '[autobahn] %s\n' "$*" >&2; }
 die() { printf '[autobahn] error: %s\n' "$*" >&2; exit 1; }
@@ -193,6 +200,18 @@ install_wstest() {
     PYTHONPATH="$SITE_PACKAGES" py2 -m pip install -q --disable-pip-version-check \
         --no-warn-script-location --prefix "$SITE" "${PINS[@]}"
     [[ -d "$SITE_PACKAGES/autobahntestsuite" ]] || die "autobahntestsuite is not in $SITE_PACKAGES"
+
+    # wsaccel from its sdist (its C sources are generated already: no Cython needed). Debian's
+    # distutils looks for the headers under /usr (its build-time prefix), and Debian's pyconfig.h
+    # includes <x86_64-linux-gnu/python2.7/pyconfig.h>: both include folders are given.
+    command -v gcc >/dev/null || die "gcc is required to build wsaccel"
+    log "building $WSACCEL"
+    python3 -m pip download -q --no-deps --no-binary=:all: -d "$wheels" "$WSACCEL"
+    CC=gcc LDSHARED="gcc -shared" CFLAGS="-I$ROOT/usr/include/python2.7 -I$ROOT/usr/include" \
+        PYTHONPATH="$SITE_PACKAGES" py2 -m pip install -q --disable-pip-version-check \
+        --no-warn-script-location --no-build-isolation --prefix "$SITE" "$wheels"/wsaccel-*.tar.gz
+    PYTHONPATH="$SITE_PACKAGES" py2 -c 'import wsaccel.xormask, wsaccel.utf8validator' \
+        || die "wsaccel does not import"
 
     # zope is a namespace package set up by a .pth file, which PYTHONPATH does not process:
     # the launcher adds the site dir with site.addsitedir().
