@@ -233,3 +233,44 @@ fn dropping_the_runtime_with_operations_in_flight_does_not_hang() {
     drop(rt);
     assert!(start.elapsed() < Duration::from_secs(2));
 }
+
+/// A completion that arrives while the thread sleeps in epoll (after busy turns) wakes it
+/// through the ring's eventfd, round after round. Nothing else would wake it in time: the
+/// peer writes 10 ms after the thread went to sleep, and the only timer is the 5 s bound that
+/// turns a lost wakeup into a failure instead of a hang.
+#[test]
+fn a_thread_that_sleeps_after_busy_turns_is_woken_by_its_completions() {
+    let rt = runtime(8, 4096);
+    let (mut peer, conn) = pair();
+    let rounds = 20;
+    let echoer = std::thread::spawn(move || {
+        let mut back = [0u8; 1];
+        for i in 0..rounds {
+            // Late enough that the runtime has parked in epoll.
+            std::thread::sleep(Duration::from_millis(10));
+            peer.write_all(&[i as u8]).unwrap();
+            peer.read_exact(&mut back).unwrap();
+            assert_eq!(back[0], i as u8);
+        }
+    });
+    rt.block_on(async {
+        let fd = conn.as_raw_fd();
+        let mut recv = RecvMulti::new(fd).unwrap();
+        for i in 0..rounds {
+            // Busy first: polls and turns with the thread awake.
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            let got = tokio::time::timeout(Duration::from_secs(5), recv.recv()).await;
+            let got = got.unwrap_or_else(|_| panic!("round {i}: the completion did not wake it"));
+            let byte = match got {
+                Received::Data(buf) => buf[0],
+                other => panic!("unexpected {}", name(&other)),
+            };
+            assert_eq!(byte, i as u8);
+            let (c, _) = send(fd, vec![byte], 0).unwrap().await;
+            assert_eq!(c.io().unwrap(), 1);
+        }
+    });
+    echoer.join().unwrap();
+}
