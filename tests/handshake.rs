@@ -36,6 +36,9 @@ fn malformed_handshakes_get_their_status() {
         ),
         (valid.replace(KEY, "c2hvcnQ="), 400),
         ("GARBAGE\r\n\r\n".into(), 400),
+        // The start of a TLS ClientHello on the plain port: refused as it arrives, not at the
+        // handshake timeout (10 s, which is also this client's read timeout).
+        ("\u{16}\u{3}\u{1}\u{2}\u{0}\u{1}\u{0}".into(), 400),
         // Bare LF line ends: refused at their blank line, not at the timeout.
         (valid.replace("\r\n", "\n"), 400),
         // An upgrade with a body.

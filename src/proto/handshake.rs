@@ -83,6 +83,28 @@ impl HeadScanner {
     }
 }
 
+/// Checks, before a request head is complete, that the bytes received so far can start an
+/// HTTP request: what precedes the first space (the method, or all of it while no space has
+/// come) must be token characters. A TLS ClientHello or other binary sent to a plain port
+/// is refused as it arrives, rather than at the handshake timeout.
+///
+/// ```
+/// use uringws::proto::handshake::check_request_start;
+/// assert!(check_request_start(b"GET / HT").is_ok());
+/// assert!(check_request_start(b"\x16\x03\x01\x02\x00").is_err());
+/// ```
+pub fn check_request_start(buf: &[u8]) -> Result<(), HandshakeError> {
+    let method = buf
+        .iter()
+        .position(|&b| b == b' ')
+        .map_or(buf, |i| &buf[..i]);
+    if method.iter().all(|&b| is_tchar(b)) {
+        Ok(())
+    } else {
+        Err(HandshakeError::Malformed("bad method"))
+    }
+}
+
 /// One header line: its name as sent and its value with surrounding whitespace trimmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header<'a> {
@@ -1044,6 +1066,34 @@ X-Server: uringws\r\n\r\n"
             s.scan(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
             Err(HandshakeError::TooLarge)
         );
+    }
+
+    #[test]
+    fn every_prefix_of_a_request_may_start_one_and_binary_may_not() {
+        let requests: [&[u8]; 3] = [
+            b"GET /chat?x=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"M-SEARCH * HTTP/1.1\r\nX: \x80\xff\r\n\r\n",
+        ];
+        for request in requests {
+            for end in 0..=request.len() {
+                assert_eq!(check_request_start(&request[..end]), Ok(()), "{end}");
+            }
+        }
+        let refused: [&[u8]; 5] = [
+            b"\x16\x03\x01\x00\xa5\x01",
+            b"GE\x00",
+            b"\r\nGET / HTTP/1.1",
+            b"G(T / HTTP/1.1",
+            b"\x80",
+        ];
+        for bytes in refused {
+            assert_eq!(
+                check_request_start(bytes),
+                Err(HandshakeError::Malformed("bad method")),
+                "{bytes:?}"
+            );
+        }
     }
 
     #[test]

@@ -88,7 +88,10 @@ async fn handshake(ctx: &ThreadCtx, conn: &Conn, peer: SocketAddr) -> Option<Ope
     loop {
         let mut scanner = HeadScanner::new(config.max_handshake_size);
         let head_len = loop {
-            match scanner.scan(&head) {
+            match scanner
+                .scan(&head)
+                .and_then(|end| handshake::check_request_start(&head).map(|()| end))
+            {
                 Ok(Some(n)) => break n,
                 Ok(None) => {}
                 Err(e) => {
