@@ -83,10 +83,16 @@ impl HeadScanner {
     }
 }
 
+/// How many bytes of a request's start [`check_request_start`] looks at: more than any
+/// registered method's length (the longest, `UPDATEREDIRECTREF`, has 17).
+pub const METHOD_CHECKED: usize = 32;
+
 /// Checks, before a request head is complete, that the bytes received so far can start an
 /// HTTP request: what precedes the first space (the method, or all of it while no space has
 /// come) must be token characters. A TLS ClientHello or other binary sent to a plain port
-/// is refused as it arrives, rather than at the handshake timeout.
+/// is refused as it arrives, rather than at the handshake timeout. Only the first
+/// [`METHOD_CHECKED`] bytes are looked at, so that a caller may run it after every read at a
+/// cost that does not grow with the head.
 ///
 /// ```
 /// use uringws::proto::handshake::check_request_start;
@@ -94,10 +100,11 @@ impl HeadScanner {
 /// assert!(check_request_start(b"\x16\x03\x01\x02\x00").is_err());
 /// ```
 pub fn check_request_start(buf: &[u8]) -> Result<(), HandshakeError> {
-    let method = buf
+    let start = &buf[..buf.len().min(METHOD_CHECKED)];
+    let method = start
         .iter()
         .position(|&b| b == b' ')
-        .map_or(buf, |i| &buf[..i]);
+        .map_or(start, |i| &start[..i]);
     if method.iter().all(|&b| is_tchar(b)) {
         Ok(())
     } else {
@@ -1087,6 +1094,11 @@ X-Server: uringws\r\n\r\n"
             b"G(T / HTTP/1.1",
             b"\x80",
         ];
+        // A long run of token bytes without a space passes (only the start is looked at).
+        assert_eq!(check_request_start(&[b'A'; 10_000]), Ok(()));
+        let mut late = vec![b'A'; METHOD_CHECKED];
+        late.push(0);
+        assert_eq!(check_request_start(&late), Ok(()));
         for bytes in refused {
             assert_eq!(
                 check_request_start(bytes),
