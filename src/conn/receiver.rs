@@ -442,8 +442,8 @@ impl RxState {
                 if let Some(capacity) = self.reader.wants_buffer() {
                     // A large frame starts: reassemble it in a buffer kept from an earlier
                     // message, if there is one, then go on with the bytes that are here.
-                    if let Some(buf) = self.pool.take_large(capacity) {
-                        self.pool.put_large(self.reader.provide_buffer(buf));
+                    if let Some((buf, gap)) = self.pool.take_placed(capacity) {
+                        self.pool.put_large(self.reader.provide_buffer_at(buf, gap));
                     }
                     continue;
                 }
@@ -557,7 +557,7 @@ impl Receiver {
             Got::Data(base, ready) => {
                 let state = &mut self.state;
                 if let Some(payload) = state.reader.take_assembled(ready) {
-                    return Ok(Some(owned_data(ready, Bytes::from(payload))));
+                    return Ok(Some(owned_data(ready, payload)));
                 }
                 let end = state.end;
                 let message = state.reader.message(&state.buf.bytes()[base..end], ready);

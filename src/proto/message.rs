@@ -162,7 +162,11 @@ pub struct Reader {
     /// The kind of the fragmented (or streamed) message in progress.
     kind: Option<Kind>,
     /// Reassembly buffer for messages that are fragmented or larger than the inline limit.
+    /// The message's bytes are `assembled[gap..]`.
     assembled: Vec<u8>,
+    /// Bytes left before the message in `assembled`, as the caller that provided the buffer
+    /// asked ([`Reader::provide_buffer_at`]); 0 in a buffer the reader grew itself.
+    gap: usize,
     /// `assembled` was handed out by the previous call and must be cleared first.
     handed_out: bool,
     utf8: Utf8Validator,
@@ -191,6 +195,7 @@ impl Reader {
             state: State::Header,
             kind: None,
             assembled: Vec::new(),
+            gap: 0,
             handed_out: false,
             utf8: Utf8Validator::new(),
             direct_from: None,
@@ -222,7 +227,7 @@ impl Reader {
             // Nothing of the frame's payload was taken yet: the message so far and all of it.
             // (Within `max_message`, checked when the frame started, so it fits a usize.)
             State::Stream { remaining, .. } if self.paused => {
-                Some(usize::try_from(self.assembled.len() as u64 + remaining).unwrap_or(usize::MAX))
+                Some(usize::try_from(self.assembled_len() as u64 + remaining).unwrap_or(usize::MAX))
             }
             _ => None,
         }
@@ -233,19 +238,41 @@ impl Reader {
     /// (emptied); otherwise returns `buf` untouched. Nothing changes while the buffer is out
     /// for a direct read, or holds a reassembled message that was reported ready (until the
     /// next [`Reader::advance`]).
-    pub fn provide_buffer(&mut self, mut buf: Vec<u8>) -> Vec<u8> {
-        if buf.capacity() <= self.assembled.capacity()
-            || self.direct_from.is_some()
+    pub fn provide_buffer(&mut self, buf: Vec<u8>) -> Vec<u8> {
+        self.provide_buffer_at(buf, 0)
+    }
+
+    /// [`Reader::provide_buffer`], with the message placed `gap` bytes into `buf` (the bytes
+    /// before it are zeroed), so that a caller can choose where its payloads lie in memory:
+    /// the message taken out with [`Reader::take_assembled`] starts there, and so do the
+    /// bytes that [`Reader::take_direct`] lends the buffer for. The capacity compared is what
+    /// lies past the gap.
+    pub fn provide_buffer_at(&mut self, mut buf: Vec<u8>, gap: usize) -> Vec<u8> {
+        if self.direct_from.is_some()
             || self.pending.is_some()
             || self.handed_out
+            || buf.capacity().saturating_sub(gap)
+                <= self.assembled.capacity().saturating_sub(self.gap)
         {
             return buf;
         }
         buf.clear();
-        append_copy(&mut buf, &self.assembled);
+        buf.resize(gap, 0);
+        append_copy(&mut buf, self.assembled.get(self.gap..).unwrap_or_default());
+        self.gap = gap;
         let mut old = std::mem::replace(&mut self.assembled, buf);
         old.clear();
         old
+    }
+
+    /// The length of the message reassembled so far.
+    fn assembled_len(&self) -> usize {
+        self.assembled.len().saturating_sub(self.gap)
+    }
+
+    /// Empties the reassembly buffer, keeping its gap.
+    fn clear_assembled(&mut self) {
+        self.assembled.truncate(self.gap);
     }
 
     /// The configuration this reader enforces.
@@ -272,6 +299,7 @@ impl Reader {
             return None;
         }
         self.handed_out = false;
+        self.gap = 0;
         let mut buf = std::mem::take(&mut self.assembled);
         buf.clear();
         Some(buf)
@@ -313,7 +341,7 @@ impl Reader {
         }
         if self.handed_out {
             self.handed_out = false;
-            self.assembled.clear();
+            self.clear_assembled();
         }
         if self.direct_from.is_some() {
             // The reassembly buffer is out for a direct read: wait for it.
@@ -340,7 +368,7 @@ impl Reader {
     pub fn message<'a>(&'a self, buf: &'a [u8], ready: Ready) -> Message<'a> {
         let payload = match ready.at {
             Some(at) => &buf[at..at + ready.len],
-            None => &self.assembled[..],
+            None => self.assembled.get(self.gap..).unwrap_or_default(),
         };
         match ready.opcode {
             // `advance` validated the payload; this second check only turns it into a `str`.
@@ -353,14 +381,21 @@ impl Reader {
     }
 
     /// For a ready message that was reassembled (fragmented, or larger than the inline
-    /// limit), takes its payload out of the reader as an owned buffer, without copying; use
-    /// it instead of [`Reader::message`]. `None` for a message that lies in the caller's
-    /// buffer. A text payload is valid UTF-8, as `advance` checked.
-    pub fn take_assembled(&mut self, ready: Ready) -> Option<Vec<u8>> {
-        if ready.at.is_some() || !self.handed_out || self.assembled.len() != ready.len {
+    /// limit), takes its payload out of the reader without copying (where the buffer's
+    /// provider placed it, see [`Reader::provide_buffer_at`]); use it instead of
+    /// [`Reader::message`]. `None` for a message that lies in the caller's buffer. A text
+    /// payload is valid UTF-8, as `advance` checked.
+    pub fn take_assembled(&mut self, ready: Ready) -> Option<Bytes> {
+        if ready.at.is_some() || !self.handed_out || self.assembled_len() != ready.len {
             return None;
         }
-        Some(std::mem::take(&mut self.assembled))
+        let gap = std::mem::take(&mut self.gap);
+        let payload = Bytes::from(std::mem::take(&mut self.assembled));
+        Some(if gap == 0 {
+            payload
+        } else {
+            payload.slice(gap..)
+        })
     }
 
     /// Advances the state machine as far as `buf` allows, up to one complete message.
@@ -521,7 +556,7 @@ impl Reader {
         Some(Some(Ready {
             opcode,
             at: None,
-            len: self.assembled.len(),
+            len: self.assembled_len(),
         }))
     }
 
@@ -622,7 +657,7 @@ impl Reader {
                     return Err(ProtocolError::UnexpectedContinuation);
                 }
                 if !self.compressed {
-                    if self.assembled.len() as u64 + len > self.config.max_message {
+                    if self.assembled_len() as u64 + len > self.config.max_message {
                         return Err(ProtocolError::MessageTooBig);
                     }
                     self.reserve_or_ask(len);
@@ -652,8 +687,12 @@ impl Reader {
             });
         }
         self.kind = Some(kind);
-        self.assembled.clear();
-        self.frame_start = 0;
+        if rsv1 {
+            // Inflated into the buffer's start: the limits below count from there.
+            self.gap = 0;
+        }
+        self.clear_assembled();
+        self.frame_start = self.gap;
         if !rsv1 {
             self.reserve_or_ask(len);
         }
@@ -710,8 +749,9 @@ impl Reader {
     /// caller asked for it ([`Reader::request_buffers`]) and the buffer lacks the room, pauses
     /// to ask for a buffer instead.
     fn reserve_or_ask(&mut self, len: u64) {
-        let need = self.assembled.len() as u64 + len;
-        if len >= u64::from(self.request_min) && (self.assembled.capacity() as u64) < need {
+        let need = self.assembled_len() as u64 + len;
+        let room = self.assembled.capacity().saturating_sub(self.gap);
+        if len >= u64::from(self.request_min) && (room as u64) < need {
             self.paused = true;
         } else {
             self.reserve(len);
@@ -998,6 +1038,59 @@ mod tests {
         // Frames below the minimum, and compressed ones, never pause.
         let mut small = masked(true, OpCode::Binary, &payload[..1500]);
         assert!(r.advance(&mut small).unwrap().ready.is_some());
+    }
+
+    #[test]
+    fn a_provided_buffer_places_messages_after_its_gap() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = masked(true, OpCode::Binary, &payload);
+        let mut r = server(1024);
+        r.request_buffers(2000);
+        let a = r.advance(&mut wire).unwrap();
+        assert_eq!(r.wants_buffer(), Some(5000));
+        let at = a.consumed;
+        let mut given = Vec::with_capacity(5300);
+        given.extend_from_slice(b"stale bytes");
+        let ptr = given.as_ptr();
+        assert_eq!(
+            r.provide_buffer_at(given, 200).capacity(),
+            0,
+            "it held none"
+        );
+        // Another whose room past its gap is no larger than the one it holds is refused.
+        assert_eq!(
+            r.provide_buffer_at(Vec::with_capacity(9000), 4000)
+                .capacity(),
+            9000
+        );
+        // Part of the payload the usual way, the rest by a direct read into the same buffer.
+        let split = at + 1000;
+        let a = r.advance(&mut wire[at..split]).unwrap();
+        assert_eq!((a.consumed, a.ready), (1000, None));
+        let d = r.take_direct(1).expect("payload is due");
+        assert_eq!(d.buf.len(), 200 + 1000, "the gap, then the payload so far");
+        let mut buf = d.buf;
+        buf.extend_from_slice(&wire[split..]);
+        r.direct_done(buf).unwrap();
+        let a = r.advance(&mut []).unwrap();
+        let ready = a.ready.expect("complete");
+        assert_eq!(ready.len(), payload.len());
+        assert_eq!(r.message(&[], ready).payload(), &payload[..]);
+        // The next message (fragmented) is reassembled behind the same gap.
+        let mut next = masked(false, OpCode::Text, b"hello, ");
+        next.extend(masked(true, OpCode::Continuation, b"world"));
+        let a = r.advance(&mut next).unwrap();
+        let ready = a.ready.expect("complete");
+        assert_eq!(a.consumed, next.len());
+        let taken = r.take_assembled(ready).expect("reassembled");
+        assert_eq!(&taken[..], b"hello, world");
+        assert_eq!(
+            taken.as_ptr(),
+            ptr.wrapping_add(200),
+            "placed after the gap"
+        );
+        // The buffer left with the message: none is kept.
+        assert!(r.take_buffer(0).is_none());
     }
 
     #[test]

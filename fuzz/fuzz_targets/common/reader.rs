@@ -147,9 +147,11 @@ pub fn drive(
                     // bytes the reader must clear; anything it gives back is empty.
                     let capacity = reader.wants_buffer().unwrap_or_default();
                     if capacity <= 1 << 20 {
-                        let mut given = Vec::with_capacity(capacity);
+                        // Placed some bytes in, as a caller that aligns payloads does.
+                        let gap = capacity % 97;
+                        let mut given = Vec::with_capacity(capacity + gap);
                         given.extend_from_slice(b"stale");
-                        assert!(reader.provide_buffer(given).is_empty());
+                        assert!(reader.provide_buffer_at(given, gap).is_empty());
                     }
                 }
                 None => {
