@@ -107,7 +107,11 @@ fn publishes_cross_threads_in_order_and_closing_unsubscribes() {
 fn a_slow_subscriber_gets_the_policy_and_the_others_everything() {
     for policy in [SlowSubscriber::Drop, SlowSubscriber::Close(CloseCode(1013))] {
         let server = local(1)
-            .send_queue_limit(64 << 10)
+            // Room for two of the 64 KiB messages: the fast subscriber's last one still counts
+            // as being written until the server reaps its send's completion, which may come
+            // after the next publish (with one message's room, that publish was dropped for
+            // the fast one too, now and then, and the test waited for it in vain).
+            .send_queue_limit(192 << 10)
             .slow_subscriber(policy)
             // Long: the slow subscriber reads only after the publishes, and its close frame
             // waits behind what it had not read.
