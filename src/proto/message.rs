@@ -258,16 +258,21 @@ impl Reader {
         }
         buf.clear();
         buf.resize(gap, 0);
-        append_copy(&mut buf, self.assembled.get(self.gap..).unwrap_or_default());
+        append_copy(&mut buf, self.assembled_message());
         self.gap = gap;
         let mut old = std::mem::replace(&mut self.assembled, buf);
         old.clear();
         old
     }
 
+    /// The message reassembled so far (past the gap).
+    fn assembled_message(&self) -> &[u8] {
+        self.assembled.get(self.gap..).unwrap_or_default()
+    }
+
     /// The length of the message reassembled so far.
     fn assembled_len(&self) -> usize {
-        self.assembled.len().saturating_sub(self.gap)
+        self.assembled_message().len()
     }
 
     /// Empties the reassembly buffer, keeping its gap.
@@ -368,7 +373,7 @@ impl Reader {
     pub fn message<'a>(&'a self, buf: &'a [u8], ready: Ready) -> Message<'a> {
         let payload = match ready.at {
             Some(at) => &buf[at..at + ready.len],
-            None => self.assembled.get(self.gap..).unwrap_or_default(),
+            None => self.assembled_message(),
         };
         match ready.opcode {
             // `advance` validated the payload; this second check only turns it into a `str`.
