@@ -4,28 +4,44 @@
 
 #[cfg(feature = "tls")]
 use super::bufring::RecvBuf;
+use std::cell::RefCell;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 use io_uring::{opcode, types};
 
+use super::driver::Driver;
 use super::ops::{self, Op, Parts, Received, RecvMulti};
 use super::try_driver;
 use super::Completion;
 use crate::proto::mask::append_copy;
 
 /// A connected TCP socket driven by the thread's ring.
-#[derive(Debug)]
 pub(crate) struct TcpStream {
     fd: Option<OwnedFd>,
+    /// The ring its operations are queued on, which closes it (see the `Drop` impl).
+    ring: Weak<RefCell<Driver>>,
+}
+
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("fd", &self.raw())
+            .finish()
+    }
 }
 
 impl TcpStream {
-    /// Takes over a connected socket (blocking or not: io_uring does not care).
+    /// Takes over a connected socket (blocking or not: io_uring does not care), for the ring
+    /// of the runtime running on this thread.
     pub(crate) fn from_fd(fd: OwnedFd) -> TcpStream {
-        TcpStream { fd: Some(fd) }
+        TcpStream {
+            fd: Some(fd),
+            ring: try_driver().as_ref().map_or_else(Weak::new, Rc::downgrade),
+        }
     }
 
     /// Connects to `addr` through the ring.
@@ -182,9 +198,13 @@ impl Drop for TcpStream {
     fn drop(&mut self) {
         let Some(fd) = self.fd.take() else { return };
         // Submissions for this descriptor may still sit in the ring's queue: a close system
-        // call now would let the number be reused (by another thread's accept, say) before
-        // they reach the kernel. The close goes through the ring, behind them.
-        if let Some(driver) = try_driver() {
+        // call now would let the number be reused (by a socket another thread opens, say)
+        // before they reach the kernel, and a receive among them would take that socket's
+        // bytes. The close goes through the ring, behind them: the ring the socket was made
+        // for, wherever it is dropped (in a task the runtime drops, or outside any
+        // `block_on`, where it waits for the runtime's next turn or its drop). Once that ring
+        // is gone, nothing of it is queued.
+        if let Some(driver) = self.ring.upgrade() {
             let raw = fd.into_raw_fd();
             let entry = opcode::Close::new(types::Fd(raw)).build();
             // SAFETY: a close points to no memory.

@@ -274,3 +274,92 @@ fn a_thread_that_sleeps_after_busy_turns_is_woken_by_its_completions() {
     });
     echoer.join().unwrap();
 }
+
+/// A socket dropped with the runtime while an operation queued for it has not reached the
+/// kernel yet is closed through the ring, behind that operation, which thus runs on the socket
+/// it was meant for. With a close system call, the number was free at once: the receive then
+/// ran on whatever socket took the number next (here one opened right after the drop, as
+/// another thread might) and took its bytes. A client test saw a 101 response lose its start
+/// this way.
+#[test]
+fn a_socket_dropped_with_the_runtime_is_closed_behind_its_queued_operations() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// Opens descriptors when dropped (right after the socket), as another thread might.
+    struct Reopen {
+        victim: TcpStream,
+        opened: Rc<RefCell<Vec<TcpStream>>>,
+    }
+    impl Drop for Reopen {
+        fn drop(&mut self) {
+            let mut opened = self.opened.borrow_mut();
+            for _ in 0..16 {
+                opened.push(self.victim.try_clone().unwrap());
+            }
+        }
+    }
+    // Dropped in this order: the socket, its receive (queued, not yet submitted), the reopen.
+    struct Held {
+        _stream: super::TcpStream,
+        _op: super::Op<Vec<u8>>,
+        _then: Reopen,
+    }
+
+    let (_peer, conn) = pair();
+    let (mut victim_peer, victim) = pair();
+    victim_peer.write_all(b"hello").unwrap();
+    let opened = Rc::new(RefCell::new(Vec::new()));
+    let rt = runtime(4, 1024);
+    let reopen = Reopen {
+        victim: victim.try_clone().unwrap(),
+        opened: opened.clone(),
+    };
+    rt.block_on(async move {
+        let stream = super::TcpStream::from_fd(conn.into());
+        let op = stream.start_read(Vec::with_capacity(4), 4).unwrap();
+        let held = Held {
+            _stream: stream,
+            _op: op,
+            _then: reopen,
+        };
+        // Never polled: the receive is still in the submission queue when the runtime goes.
+        tokio::task::spawn_local(async move {
+            let _held = held;
+            std::future::pending::<()>().await
+        });
+    });
+    drop(rt);
+    victim.set_nonblocking(true).unwrap();
+    let mut got = [0u8; 16];
+    let n = (&victim).read(&mut got).unwrap();
+    assert_eq!(&got[..n], b"hello", "another socket's bytes were taken");
+    drop(opened);
+}
+
+/// The same when the socket is dropped outside any `block_on`, its runtime alive: the close
+/// waits in its own ring, behind the receive, until the runtime runs again.
+#[test]
+fn a_socket_dropped_outside_its_runtime_is_closed_through_its_ring() {
+    let (_peer, conn) = pair();
+    let (mut victim_peer, victim) = pair();
+    victim_peer.write_all(b"hello").unwrap();
+    let rt = runtime(4, 1024);
+    let (stream, op) = rt.block_on(async move {
+        let stream = super::TcpStream::from_fd(conn.into());
+        let op = stream.start_read(Vec::with_capacity(4), 4).unwrap();
+        (stream, op)
+    });
+    drop(stream);
+    drop(op);
+    let clones: Vec<TcpStream> = (0..16).map(|_| victim.try_clone().unwrap()).collect();
+    rt.block_on(async {
+        turns().await;
+        assert_eq!(live(), 0, "the receive ended");
+    });
+    victim.set_nonblocking(true).unwrap();
+    let mut got = [0u8; 16];
+    let n = (&victim).read(&mut got).unwrap();
+    assert_eq!(&got[..n], b"hello", "another socket's bytes were taken");
+    drop(clones);
+}
