@@ -101,7 +101,7 @@ pub(crate) fn io_uring_unavailable(e: &io::Error) -> Error {
 
 /// The oldest kernel the io_uring transport works on: multishot receive (6.0) into a
 /// registered provided-buffer ring (5.19), multishot accept and cancellation of any request
-/// (5.19). SINGLE_ISSUER and DEFER_TASKRUN (6.1) are used where the kernel has them.
+/// (5.19). SINGLE_ISSUER (6.0) and COOP_TASKRUN (5.19) are used where the kernel has them.
 pub const MIN_KERNEL: (u32, u32) = (6, 0);
 
 /// Parses the major and minor version from a kernel release string such as `6.1.0-18-amd64`.

@@ -86,9 +86,6 @@ pub(crate) struct Driver {
     live: usize,
     /// The provided-buffer ring for multishot receives.
     pub(crate) bufs: Rc<BufRing>,
-    /// IORING_SETUP_DEFER_TASKRUN: completions are posted only when this thread enters the
-    /// kernel asking for them.
-    defer: bool,
     /// Wakers collected while reaping, woken once the driver is no longer borrowed.
     wake: Vec<Waker>,
     /// Signalled by the kernel for every completion; see [`Driver::fd`].
@@ -106,32 +103,33 @@ pub(crate) struct RingConfig {
 }
 
 impl Driver {
-    /// A ring with SINGLE_ISSUER and DEFER_TASKRUN where the kernel has them (6.1), else
-    /// COOP_TASKRUN (5.19), else a plain one; with its provided-buffer ring registered.
+    /// A ring with SINGLE_ISSUER and COOP_TASKRUN where the kernel has them, else a plain one;
+    /// with its provided-buffer ring registered.
+    ///
+    /// Not DEFER_TASKRUN: the thread sleeps in epoll, where only the ring's eventfd can wake
+    /// it, and for deferred work kernel 6.18 signals that eventfd about 14 ms late (a
+    /// ping-pong echo ran 35 times slower; see the wake test in `uring::tests`). With
+    /// COOP_TASKRUN the kernel wakes the sleeping thread itself to post the completion.
     pub(crate) fn new(config: RingConfig) -> io::Result<Driver> {
         let cq = config.entries.saturating_mul(4);
-        let attempts: [fn(&mut io_uring::Builder) -> bool; 3] = [
+        let attempts: [fn(&mut io_uring::Builder); 3] = [
             |b| {
                 b.setup_single_issuer()
-                    .setup_defer_taskrun()
+                    .setup_coop_taskrun()
                     .setup_taskrun_flag();
-                true
             },
             |b| {
                 b.setup_coop_taskrun().setup_taskrun_flag();
-                false
             },
-            |_| false,
+            |_| {},
         ];
         let mut last = None;
-        // UWS_NO_DEFER (set to anything) skips DEFER_TASKRUN, to compare the two modes.
-        let skip = usize::from(std::env::var_os("UWS_NO_DEFER").is_some());
-        for setup in attempts.into_iter().skip(skip) {
+        for setup in attempts {
             let mut builder = IoUring::builder();
             builder.setup_cqsize(cq).setup_clamp();
-            let defer = setup(&mut builder);
+            setup(&mut builder);
             match builder.build(config.entries) {
-                Ok(ring) => return Driver::with(ring, defer, config),
+                Ok(ring) => return Driver::with(ring, config),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
                 Err(e) => return Err(e),
             }
@@ -139,7 +137,7 @@ impl Driver {
         Err(last.unwrap_or_else(|| io::Error::other("io_uring setup failed")))
     }
 
-    fn with(ring: IoUring, defer: bool, config: RingConfig) -> io::Result<Driver> {
+    fn with(ring: IoUring, config: RingConfig) -> io::Result<Driver> {
         let bufs = Rc::new(BufRing::new(config.buffers, config.buffer_size, 0)?);
         // SAFETY: the ring's memory lives in `bufs`, which outlives the registration: the
         // driver holds an `Rc` of it, and its drop unregisters the group (after every
@@ -167,14 +165,12 @@ impl Driver {
             free: usize::MAX,
             live: 0,
             bufs,
-            defer,
             wake: Vec::new(),
         })
     }
 
-    /// The descriptor that becomes readable when completions (or, with DEFER_TASKRUN, their
-    /// deferred work) wait: an eventfd registered with the ring. (The ring's own descriptor
-    /// does not signal deferred work to epoll.)
+    /// The descriptor that becomes readable when completions wait: an eventfd registered with
+    /// the ring.
     pub(crate) fn fd(&self) -> i32 {
         self.eventfd.as_raw_fd()
     }
@@ -387,8 +383,8 @@ impl Driver {
         unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
     }
 
-    /// Submits what is queued; with DEFER_TASKRUN also runs the completions' deferred work,
-    /// so that they can be reaped.
+    /// Submits what is queued, and runs the completion work the kernel left for this thread
+    /// (TASKRUN flag), so that it can be reaped.
     pub(crate) fn submit(&mut self) -> io::Result<()> {
         let sq = self.ring.submission();
         let pending = sq.len() as u32;
@@ -398,11 +394,7 @@ impl Driver {
         if pending == 0 && !work {
             return Ok(());
         }
-        let flags = if work || self.defer {
-            ENTER_GETEVENTS
-        } else {
-            0
-        };
+        let flags = if work { ENTER_GETEVENTS } else { 0 };
         loop {
             // SAFETY: no argument is passed; the flags are valid for this ring.
             let res = unsafe {

@@ -235,24 +235,34 @@ fn dropping_the_runtime_with_operations_in_flight_does_not_hang() {
 }
 
 /// A completion that arrives while the thread sleeps in epoll (after busy turns) wakes it
-/// through the ring's eventfd, round after round. Nothing else would wake it in time: the
+/// through the ring's eventfd, round after round, at once. Nothing else would wake it: the
 /// peer writes 10 ms after the thread went to sleep, and the only timer is the 5 s bound that
 /// turns a lost wakeup into a failure instead of a hang.
+///
+/// A late wakeup is a bug too, and time is its only symptom: with DEFER_TASKRUN, kernel 6.18
+/// signals the eventfd for a receive's deferred work one RCU grace period late (13.7 ms in
+/// every round here), which made a ping-pong echo 35 times slower. The median delay from the
+/// peer's write to the handler must stay under 5 ms (a wakeup takes about 0.1 ms; the median
+/// of 20 rounds is not moved by a few slow ones on a busy machine).
 #[test]
 fn a_thread_that_sleeps_after_busy_turns_is_woken_by_its_completions() {
     let rt = runtime(8, 4096);
     let (mut peer, conn) = pair();
     let rounds = 20;
+    let written = std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+    let stamp = written.clone();
     let echoer = std::thread::spawn(move || {
         let mut back = [0u8; 1];
         for i in 0..rounds {
             // Late enough that the runtime has parked in epoll.
             std::thread::sleep(Duration::from_millis(10));
+            *stamp.lock().unwrap() = std::time::Instant::now();
             peer.write_all(&[i as u8]).unwrap();
             peer.read_exact(&mut back).unwrap();
             assert_eq!(back[0], i as u8);
         }
     });
+    let mut delays = Vec::new();
     rt.block_on(async {
         let fd = conn.as_raw_fd();
         let mut recv = RecvMulti::new(fd).unwrap();
@@ -263,6 +273,7 @@ fn a_thread_that_sleeps_after_busy_turns_is_woken_by_its_completions() {
             }
             let got = tokio::time::timeout(Duration::from_secs(5), recv.recv()).await;
             let got = got.unwrap_or_else(|_| panic!("round {i}: the completion did not wake it"));
+            delays.push(written.lock().unwrap().elapsed());
             let byte = match got {
                 Received::Data(buf) => buf[0],
                 other => panic!("unexpected {}", name(&other)),
@@ -273,6 +284,12 @@ fn a_thread_that_sleeps_after_busy_turns_is_woken_by_its_completions() {
         }
     });
     echoer.join().unwrap();
+    delays.sort();
+    let median = delays[delays.len() / 2];
+    assert!(
+        median < Duration::from_millis(5),
+        "completions woke the sleeping thread late: median {median:?}, all {delays:?}"
+    );
 }
 
 /// A socket dropped with the runtime while an operation queued for it has not reached the
