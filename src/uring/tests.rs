@@ -239,9 +239,9 @@ fn dropping_the_runtime_with_operations_in_flight_does_not_hang() {
 /// peer writes 10 ms after the thread went to sleep, and the only timer is the 5 s bound that
 /// turns a lost wakeup into a failure instead of a hang.
 ///
-/// A late wakeup is a bug too, and time is its only symptom: with DEFER_TASKRUN, kernel 6.18
-/// signals the eventfd for a receive's deferred work one RCU grace period late (13.7 ms in
-/// every round here), which made a ping-pong echo 35 times slower. The median delay from the
+/// A late wakeup is a bug too, and time is its only symptom: with DEFER_TASKRUN, the kernel
+/// of the development machine (6.18.44) signalled the eventfd for a receive's deferred work
+/// 13.7 ms late in every round, which made a ping-pong echo 35 times slower. The median delay from the
 /// peer's write to the handler must stay under 5 ms (a wakeup takes about 0.1 ms; the median
 /// of 20 rounds is not moved by a few slow ones on a busy machine).
 #[test]
