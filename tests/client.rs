@@ -45,6 +45,46 @@ fn client_talks_to_the_server() {
     server.shutdown().unwrap();
 }
 
+/// The client's writes complete without waking its writer task when nothing waits for them:
+/// sends spaced out so that each write has ended (unobserved) before the next, and no read in
+/// between, all still go out; `flush` and `buffered` see them written.
+#[test]
+fn client_sends_after_writes_that_ended_unobserved() {
+    let Some(server) = start(local(1)) else {
+        return;
+    };
+    let url = format!("ws://{}/", server.local_addr());
+    client::block_on(async move {
+        let ws = Connector::new().connect(&url).await?;
+        let (mut rx, tx) = ws.split();
+        for i in 0..5u8 {
+            tx.send_binary(&[i; 3]).await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(tx.buffered(), 0, "send {i}");
+        }
+        tx.send_text("last").await?;
+        tx.flush().await?;
+        for i in 0..5u8 {
+            let m = tokio::time::timeout(Duration::from_secs(5), rx.recv_owned()).await;
+            assert_eq!(
+                m.expect("an echo").unwrap(),
+                Some(OwnedMessage::Binary(vec![i; 3].into()))
+            );
+        }
+        let m = tokio::time::timeout(Duration::from_secs(5), rx.recv_owned()).await;
+        assert_eq!(
+            m.expect("an echo").unwrap(),
+            Some(OwnedMessage::Text("last".into()))
+        );
+        tx.close(CloseCode::NORMAL, "")?;
+        assert!(rx.recv().await?.is_none());
+        Ok::<_, Error>(())
+    })
+    .unwrap()
+    .unwrap();
+    server.shutdown().unwrap();
+}
+
 #[test]
 fn large_messages_round_trip_again_and_again() {
     // A small server read buffer: most of every payload is read straight into the

@@ -141,6 +141,52 @@ fn buffered_counts_the_queue_and_flush_waits_for_it() {
     server.shutdown().unwrap();
 }
 
+/// A write that nothing waits for completes without waking the connection's task, which
+/// collects it at its next poll. What waits for the writer must not wait on that poll: after
+/// such a write, `buffered` says 0 and `flush` returns at once, whether it is called while the
+/// write is in flight or after it ended; and a send from another task (which the handler's
+/// task does not poll for) still goes out.
+#[test]
+fn a_write_that_ended_unobserved_counts_as_written() {
+    let handler = |ws: WebSocket| async move {
+        let (mut rx, tx) = ws.split();
+        // Flush right after a send, while the write may still be in flight.
+        tx.send_text("one").await?;
+        tx.flush().await?;
+        assert_eq!(tx.buffered(), 0);
+        // Flush long after the write ended, with nothing else happening meanwhile.
+        tx.send_text("two").await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(tx.buffered(), 0, "a write that ended still counts");
+        tx.flush().await?;
+        // A send from another task, while this one waits for the client.
+        let other = tx.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = other.send_text("three").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = other.send_text("four").await;
+        });
+        while let Some(m) = rx.recv().await? {
+            tx.send(m).await?;
+        }
+        Ok(())
+    };
+    let Some(server) = start_with(local(1), handler) else {
+        return;
+    };
+    let mut c = Client::connect(server.local_addr());
+    for want in ["one", "two", "three", "four"] {
+        let f = c.read_frame().expect(want);
+        assert_eq!(f.payload, want.as_bytes());
+    }
+    c.send(true, OpCode::Text, b"echo");
+    assert_eq!(c.read_frame().unwrap().payload, b"echo");
+    c.send(true, OpCode::Close, &1000u16.to_be_bytes());
+    assert_eq!(c.expect_close(), Some(1000));
+    server.shutdown().unwrap();
+}
+
 #[test]
 fn data_attached_to_a_connection_is_seen_by_every_half() {
     struct User {

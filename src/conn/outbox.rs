@@ -26,6 +26,9 @@ pub(super) struct Outbox {
     pub(super) writer_done: bool,
     /// The write side failed; the peer is gone.
     pub(super) failed: bool,
+    /// A task waits for the writer's progress: the write in flight must wake the writing task
+    /// when it completes (see `writer::may_complete_quietly`). Cleared as each write ends.
+    pub(super) loud: bool,
     /// The buffer of the last write, emptied, for the next batch to swap in.
     pub(super) spare: Vec<u8>,
 }
@@ -83,6 +86,13 @@ impl WriterSignal {
             other => *other = Some(cx.waker().clone()),
         }
         false
+    }
+
+    /// Registers `cx` for the next wakeup, dropping one already pending: for a task that
+    /// acts on the queue's present state anyway.
+    pub(super) fn watch(&self, cx: &Context<'_>) {
+        self.pending.set(false);
+        let _ = self.register(cx);
     }
 
     /// The waker of the task that drives the writes, once it has waited.

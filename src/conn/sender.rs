@@ -276,7 +276,7 @@ impl Future for Sending<'_> {
                 if this.sender.conn.has_room()? {
                     break;
                 }
-                this.wait = Some(Box::pin(this.sender.conn.progress.notified()));
+                this.wait = Some(Box::pin(this.sender.conn.writer_progress()));
             }
         }
         match this.message.take() {

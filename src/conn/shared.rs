@@ -175,6 +175,24 @@ impl Conn {
         self.mask.borrow_mut().as_mut().map(|m| m())
     }
 
+    /// The writer's next progress (a write ended, or the writer stopped), to wait for after
+    /// checking the state it changes. It makes the write in flight wake its task when it
+    /// completes (a write that nothing waits for completes quietly: see
+    /// `writer::may_complete_quietly`), at once when it already has.
+    pub(super) fn writer_progress(&self) -> tokio::sync::futures::Notified<'_> {
+        // Created first, so that a write that ends in `kick` below is not missed.
+        let notified = self.progress.notified();
+        let in_flight = {
+            let mut ob = self.outbox.borrow_mut();
+            !std::mem::replace(&mut ob.loud, true) && ob.in_flight > 0
+        };
+        // In the handler's poll, the writes are driven right after it, as the write now must.
+        if in_flight && !self.in_handler.get() {
+            self.kick();
+        }
+        notified
+    }
+
     /// Waits until the receiver has been dropped (and its state handed back).
     pub(crate) async fn receiver_dropped(&self) {
         while self.returned_rx.borrow().is_none() {
@@ -319,6 +337,16 @@ impl Conn {
         self.queued();
     }
 
+    /// Bytes of the write in flight, 0 once it has been written whole (a write that completed
+    /// quietly counts as written before the writing task collects it).
+    fn in_flight(&self, ob: &super::outbox::Outbox) -> usize {
+        if ob.in_flight > 0 && super::writer::written_whole(self) {
+            0
+        } else {
+            ob.in_flight
+        }
+    }
+
     /// Whether a data frame may be queued now (the queue is not above the high-water mark);
     /// fails once the connection is closing or failed.
     pub(super) fn has_room(&self) -> Result<bool> {
@@ -326,7 +354,7 @@ impl Conn {
         if ob.close_queued || ob.failed {
             return Err(Error::Closed);
         }
-        Ok(ob.data.len() + ob.chunks_len + ob.in_flight <= self.limits.send_limit)
+        Ok(ob.data.len() + ob.chunks_len + self.in_flight(&ob) <= self.limits.send_limit)
     }
 
     /// The compressed form of a shared payload for a compressor without context takeover
@@ -427,20 +455,20 @@ impl Conn {
                 let ob = self.outbox.borrow();
                 if ob.failed
                     || ob.writer_done
-                    || ob.data.len() + ob.chunks_len + ob.control.len() + ob.in_flight
+                    || ob.data.len() + ob.chunks_len + ob.control.len() + self.in_flight(&ob)
                         <= self.limits.send_limit
                 {
                     return;
                 }
             }
-            self.progress.notified().await;
+            self.writer_progress().await;
         }
     }
 
     /// Bytes queued or being written: encoded frames, headers included.
     pub(super) fn buffered(&self) -> usize {
         let ob = self.outbox.borrow();
-        ob.data.len() + ob.chunks_len + ob.control.len() + ob.in_flight
+        ob.data.len() + ob.chunks_len + ob.control.len() + self.in_flight(&ob)
     }
 
     /// Waits until everything queued has been written to the socket.
@@ -454,7 +482,7 @@ impl Conn {
             }
             // No other task runs between the check and the first poll of this future, so the
             // writer's notification cannot be missed.
-            self.progress.notified().await;
+            self.writer_progress().await;
         }
     }
 
@@ -467,7 +495,7 @@ impl Conn {
     /// Waits until the writer has stopped (after writing a close frame, or on an error).
     pub(super) async fn writer_finished(&self) {
         while !self.outbox.borrow().writer_done {
-            self.progress.notified().await;
+            self.writer_progress().await;
         }
     }
 

@@ -60,6 +60,9 @@ pub(crate) fn poll_writes(conn: &Conn, cx: &mut Context<'_>) -> Poll<()> {
             match step(conn, flight, cx) {
                 Step::Pending(f) => {
                     *conn.flight.borrow_mut() = Some(f);
+                    // A write that completes quietly wakes nobody: frames queued later must
+                    // still reach this task (through `kick` or a wakeup).
+                    conn.wake_writer.watch(cx);
                     return Poll::Pending;
                 }
                 Step::Next(f) => {
@@ -115,7 +118,11 @@ fn step(conn: &Conn, flight: Flight, cx: &mut Context<'_>) -> Step {
             done,
             sealed,
         } => {
-            let Poll::Ready(out) = Pin::new(&mut op).poll(cx) else {
+            // A plain write that nothing waits for completes without waking the task.
+            let quiet = (!sealed && may_complete_quietly(conn))
+                .then(|| op.data().and_then(|b| u32::try_from(b.len() - done).ok()))
+                .flatten();
+            let Poll::Ready(out) = op.poll_quiet(cx, quiet) else {
                 return Step::Pending(Flight::Buf { op, done, sealed });
             };
             let (res, buf) = sent(out);
@@ -161,6 +168,34 @@ fn step(conn: &Conn, flight: Flight, cx: &mut Context<'_>) -> Step {
             }
             start_parts(conn, rest).map_or_else(|e| Step::Done(Err(e)), Step::Next)
         }
+    }
+}
+
+/// Whether the write in flight may complete without waking the task that drives the writes
+/// (a completion that wrote it all, that is: a short write or an error still wakes it). True
+/// when nothing waits for it: no frames queued behind it, no close frame, and no task waiting
+/// for the writer's progress ([`Conn::progress`] marks the outbox `loud`). The task then
+/// collects the completion at its next poll, which new frames, a waiter or the next message
+/// cause; with one message in flight this saves a poll of the connection's task (and of its
+/// handler) per message.
+fn may_complete_quietly(conn: &Conn) -> bool {
+    let ob = conn.outbox.borrow();
+    !ob.loud
+        && !ob.close_queued
+        && ob.data.is_empty()
+        && ob.control.is_empty()
+        && ob.chunks.is_empty()
+}
+
+/// Whether the write in flight has completed with all of its bytes written (before the
+/// writing task collected it: see [`may_complete_quietly`]).
+pub(super) fn written_whole(conn: &Conn) -> bool {
+    match &*conn.flight.borrow() {
+        Some(Flight::Buf { op, done, .. }) => op.peek().is_some_and(|c| {
+            let want = op.data().map_or(0, |b| b.len() - done);
+            c.io().is_ok_and(|n| n as usize == want)
+        }),
+        _ => false,
     }
 }
 
@@ -284,6 +319,8 @@ pub(super) fn keep_spare(conn: &Conn, buf: Vec<u8>) {
 pub(super) fn finish_write(conn: &Conn, res: std::io::Result<()>) -> bool {
     let mut ob = conn.outbox.borrow_mut();
     ob.in_flight = 0;
+    // The waiters that asked for this completion are woken below; a later one asks again.
+    ob.loud = false;
     if let Err(e) = res {
         tracing::debug!(error = %e, "write failed; the peer is gone");
         ob.failed = true;

@@ -56,8 +56,9 @@ impl Completion {
 enum Slot {
     /// Unused; the next free slot.
     Free(usize),
-    /// A single-shot operation whose future waits.
-    Waiting(Option<Waker>),
+    /// A single-shot operation whose future waits. A completion whose result is `quiet`
+    /// (when it is not 0) does not wake it: see [`Driver::poll_op`].
+    Waiting { waker: Option<Waker>, quiet: i32 },
     /// A single-shot operation completed before its future looked.
     Done(Completion),
     /// A single-shot operation whose future was dropped: what the kernel may touch is kept
@@ -88,6 +89,9 @@ pub(crate) struct Driver {
     pub(crate) bufs: Rc<BufRing>,
     /// Wakers collected while reaping, woken once the driver is no longer borrowed.
     wake: Vec<Waker>,
+    /// An empty vector with room, to take `wake`'s place (see [`Driver::take_wakers`]), so
+    /// that a busy loop does not grow a new one every turn.
+    spare_wake: Vec<Waker>,
     /// Signalled by the kernel for every completion; see [`Driver::fd`].
     eventfd: std::os::fd::OwnedFd,
 }
@@ -167,6 +171,7 @@ impl Driver {
             live: 0,
             bufs,
             wake: Vec::new(),
+            spare_wake: Vec::new(),
         })
     }
 
@@ -222,7 +227,10 @@ impl Driver {
     /// completion: the caller keeps it in the `Op` that owns the slot, and hands it to
     /// [`Driver::orphan`] if that goes first.
     pub(crate) unsafe fn start(&mut self, entry: squeue::Entry) -> io::Result<usize> {
-        let index = self.alloc(Slot::Waiting(None));
+        let index = self.alloc(Slot::Waiting {
+            waker: None,
+            quiet: 0,
+        });
         if let Err(e) = self.push(entry.user_data(index as u64)) {
             self.release(index);
             return Err(e);
@@ -254,14 +262,25 @@ impl Driver {
 
     /// The completion of single-shot operation `index`, freeing its slot, or `None` (and
     /// `waker` kept) while it is in flight.
-    pub(crate) fn poll_op(&mut self, index: usize, waker: &Waker) -> Option<Completion> {
+    ///
+    /// With `quiet` not 0, a completion whose result is `quiet` (a send that wrote all it was
+    /// given) does not wake `waker`: the owner collects it at its next poll, which something
+    /// else causes. Any other result (a short write, an error) wakes it. Each poll sets
+    /// `quiet` anew.
+    pub(crate) fn poll_op(
+        &mut self,
+        index: usize,
+        waker: &Waker,
+        quiet: i32,
+    ) -> Option<Completion> {
         match &mut self.slots[index] {
             Slot::Done(c) => {
                 let c = *c;
                 self.release(index);
                 Some(c)
             }
-            Slot::Waiting(w) => {
+            Slot::Waiting { waker: w, quiet: q } => {
+                *q = quiet;
                 if !w.as_ref().is_some_and(|w| w.will_wake(waker)) {
                     *w = Some(waker.clone());
                 }
@@ -271,12 +290,21 @@ impl Driver {
         }
     }
 
+    /// The completion of single-shot operation `index`, if it has arrived, left to be
+    /// collected by [`Driver::poll_op`].
+    pub(crate) fn peek(&self, index: usize) -> Option<Completion> {
+        match &self.slots[index] {
+            Slot::Done(c) => Some(*c),
+            _ => None,
+        }
+    }
+
     /// The owner of single-shot operation `index` went away before collecting it: keep
     /// `keep` (what the kernel may touch) until the completion, and ask for a cancellation.
     pub(crate) fn orphan(&mut self, index: usize, keep: Box<dyn Any>) {
         match &self.slots[index] {
             Slot::Done(_) => self.release(index),
-            Slot::Waiting(_) => {
+            Slot::Waiting { .. } => {
                 self.slots[index] = Slot::Orphan(keep);
                 self.cancel(index);
             }
@@ -437,9 +465,15 @@ impl Driver {
             let mut free = false;
             let mut cancel = false;
             match &mut self.slots[index] {
-                slot @ Slot::Waiting(_) => {
-                    if let Slot::Waiting(Some(w)) = std::mem::replace(slot, Slot::Done(c)) {
-                        self.wake.push(w);
+                slot @ Slot::Waiting { .. } => {
+                    if let Slot::Waiting {
+                        waker: Some(w),
+                        quiet,
+                    } = std::mem::replace(slot, Slot::Done(c))
+                    {
+                        if quiet == 0 || c.result != quiet {
+                            self.wake.push(w);
+                        }
                     }
                 }
                 Slot::Orphan(_) => free = true,
@@ -483,9 +517,19 @@ impl Driver {
         n
     }
 
-    /// The wakers collected by `reap`.
+    /// The wakers collected by `reap`; hand the emptied vector back with
+    /// [`Driver::give_back_wakers`].
     pub(crate) fn take_wakers(&mut self) -> Vec<Waker> {
-        std::mem::take(&mut self.wake)
+        let spare = std::mem::take(&mut self.spare_wake);
+        std::mem::replace(&mut self.wake, spare)
+    }
+
+    /// Keeps an emptied vector from [`Driver::take_wakers`] for the next turn.
+    pub(crate) fn give_back_wakers(&mut self, mut wakers: Vec<Waker>) {
+        wakers.clear();
+        if wakers.capacity() > self.spare_wake.capacity() {
+            self.spare_wake = wakers;
+        }
     }
 }
 

@@ -53,7 +53,7 @@ pub(crate) fn try_driver() -> Option<Handle> {
 
 /// Submits what is queued, reaps what completed and wakes its tasks: the end of a loop turn.
 fn turn(driver: &Handle) {
-    let wakers = {
+    let mut wakers = {
         let mut d = driver.borrow_mut();
         if let Err(e) = d.submit() {
             tracing_error(&e);
@@ -61,9 +61,10 @@ fn turn(driver: &Handle) {
         d.reap();
         d.take_wakers()
     };
-    for w in wakers {
+    for w in wakers.drain(..) {
         w.wake();
     }
+    driver.borrow_mut().give_back_wakers(wakers);
 }
 
 fn tracing_error(e: &io::Error) {

@@ -39,6 +39,38 @@ impl<T: 'static> Op<T> {
             data: Some(data),
         })
     }
+
+    /// The operation's completion, if it has arrived (it stays to be collected by a poll).
+    pub(crate) fn peek(&self) -> Option<Completion> {
+        self.driver.borrow().peek(self.index)
+    }
+
+    /// What the operation owns, until it completes.
+    pub(crate) fn data(&self) -> Option<&T> {
+        self.data.as_ref()
+    }
+
+    /// Polls the operation like [`Future::poll`], except that a completion whose result is
+    /// `quiet` does not wake the task (see [`Driver::poll_op`](super::driver::Driver::poll_op));
+    /// `None` wakes it for any completion.
+    pub(crate) fn poll_quiet(
+        &mut self,
+        cx: &mut Context<'_>,
+        quiet: Option<u32>,
+    ) -> Poll<(Completion, T)> {
+        let quiet = quiet.map_or(0, |n| i32::try_from(n).unwrap_or(0));
+        let done = self
+            .driver
+            .borrow_mut()
+            .poll_op(self.index, cx.waker(), quiet);
+        match done {
+            Some(c) => Poll::Ready((
+                c,
+                self.data.take().expect("an Op polled after it completed"),
+            )),
+            None => Poll::Pending,
+        }
+    }
 }
 
 // `Op` never pins `T` (no structural pinning): the bytes the kernel uses are heap memory
@@ -50,15 +82,7 @@ impl<T: 'static> Future for Op<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // `Op` is `Unpin`: it holds no self-references.
-        let this = self.get_mut();
-        let done = this.driver.borrow_mut().poll_op(this.index, cx.waker());
-        match done {
-            Some(c) => Poll::Ready((
-                c,
-                this.data.take().expect("an Op polled after it completed"),
-            )),
-            None => Poll::Pending,
-        }
+        self.get_mut().poll_quiet(cx, None)
     }
 }
 

@@ -380,3 +380,46 @@ fn a_socket_dropped_outside_its_runtime_is_closed_through_its_ring() {
     assert_eq!(&got[..n], b"hello", "another socket's bytes were taken");
     drop(clones);
 }
+
+/// A send polled with `quiet` set to its length completes without waking its task, and its
+/// next poll collects it; a completion with any other result (here: a "quiet" length that the
+/// send cannot reach, standing for a short write) wakes the task as usual.
+#[test]
+fn a_quiet_completion_wakes_nobody_and_any_other_result_wakes_the_task() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    let rt = runtime(4, 1024);
+    let (mut peer, conn) = pair();
+    rt.block_on(async {
+        let fd = conn.as_raw_fd();
+        for (quiet, wakes) in [(5, 0), (6, 1)] {
+            let count = Arc::new(Count(AtomicUsize::new(0)));
+            let waker = Waker::from(count.clone());
+            let mut cx = Context::from_waker(&waker);
+            let mut op = send(fd, b"hello".to_vec(), 0).unwrap();
+            assert!(op.poll_quiet(&mut cx, Some(quiet)).is_pending());
+            turns().await;
+            assert_eq!(count.0.load(Ordering::SeqCst), wakes, "quiet {quiet}");
+            match op.poll_quiet(&mut cx, Some(quiet)) {
+                Poll::Ready((c, buf)) => {
+                    assert_eq!(c.io().unwrap(), 5);
+                    assert_eq!(buf, b"hello");
+                }
+                Poll::Pending => panic!("the send did not complete (quiet {quiet})"),
+            }
+            let mut got = [0u8; 5];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"hello");
+        }
+        assert_eq!(live(), 0);
+    });
+}
