@@ -174,7 +174,7 @@ fn step(conn: &Conn, flight: Flight, cx: &mut Context<'_>) -> Step {
 /// Whether the write in flight may complete without waking the task that drives the writes
 /// (a completion that wrote it all, that is: a short write or an error still wakes it). True
 /// when nothing waits for it: no frames queued behind it, no close frame, and no task waiting
-/// for the writer's progress ([`Conn::progress`] marks the outbox `loud`). The task then
+/// for the writer's progress ([`Conn::writer_progress`] marks the outbox `loud`). The task then
 /// collects the completion at its next poll, which new frames, a waiter or the next message
 /// cause; with one message in flight this saves a poll of the connection's task (and of its
 /// handler) per message.
@@ -319,8 +319,9 @@ pub(super) fn keep_spare(conn: &Conn, buf: Vec<u8>) {
 pub(super) fn finish_write(conn: &Conn, res: std::io::Result<()>) -> bool {
     let mut ob = conn.outbox.borrow_mut();
     ob.in_flight = 0;
-    // The waiters that asked for this completion are woken below; a later one asks again.
-    ob.loud = false;
+    // Every task that waits for the writer's progress asked for it (`Conn::writer_progress`):
+    // they are woken below, and a later one asks again. Without them, no notification.
+    let loud = std::mem::replace(&mut ob.loud, false);
     if let Err(e) = res {
         tracing::debug!(error = %e, "write failed; the peer is gone");
         ob.failed = true;
@@ -335,7 +336,9 @@ pub(super) fn finish_write(conn: &Conn, res: std::io::Result<()>) -> bool {
         return false;
     }
     drop(ob);
-    conn.progress.notify_waiters();
+    if loud {
+        conn.progress.notify_waiters();
+    }
     true
 }
 
