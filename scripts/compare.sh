@@ -459,6 +459,7 @@ for c in cases:
             "wire_bytes_per_msg": med([r["load"].get("wire_bytes_per_msg") for r in rs]),
             "server_core_foreign_share": med([r["server_core_foreign_share"] for r in rs]),
             "msgs_per_sec_rounds": [r["load"].get("msgs_per_sec") for r in rs],
+            "min_cpu_ticks_window": min((r["server_cpu_ticks_window"] for r in rs), default=None),
         })
 def ratio(a, b):
     return a / b if a and b else None
@@ -540,6 +541,16 @@ for row in summary:
         f"{f(row['cpu_vs_node_ws'], '.2f')} | {f(row['ratio_to_uringws'], '.2f')} | "
         f"{f(row['wire_bytes_per_msg'], '.0f')} | {row['errors']} | "
         f"{f(None if row['server_core_foreign_share'] is None else 100 * row['server_core_foreign_share'], '.0f')}% |")
+# A CPU figure resting on few clock ticks is not a measurement (a stalled server may run
+# for one tick in the window): say so under the table.
+FEW_TICKS = 50
+few = [r for r in summary if r["min_cpu_ticks_window"] is not None and r["min_cpu_ticks_window"] < FEW_TICKS]
+if few:
+    lines += ["", f"**Warning:** these CPU figures rest on fewer than {FEW_TICKS} clock ticks of "
+              f"server CPU time in at least one round (a tick is {1000 / runs[0]['clk_tck']:.0f} ms; one tick "
+              "more or less moves them by the share shown): "
+              + "; ".join(f"{r['case']} / {r['server']}: {r['min_cpu_ticks_window']} ticks "
+                          f"({100 / max(1, r['min_cpu_ticks_window']):.0f}%)" for r in few) + "."]
 if mem and tls:
     lines += ["", "Idle TLS connections after the TLS and WebSocket handshakes (server VmRSS growth):", "",
               "| server | measured | connections open | RSS before KiB | RSS after KiB | KiB per connection | ÷ fastwebsockets-tls | negotiated (first connection) |",
