@@ -120,7 +120,7 @@ fn step(conn: &Conn, flight: Flight, cx: &mut Context<'_>) -> Step {
         } => {
             // A plain write that nothing waits for completes without waking the task.
             let quiet = (!sealed && may_complete_quietly(conn))
-                .then(|| op.data().and_then(|b| u32::try_from(b.len() - done).ok()))
+                .then(|| u32::try_from(unsent(&op, done)).ok())
                 .flatten();
             let Poll::Ready(out) = op.poll_quiet(cx, quiet) else {
                 return Step::Pending(Flight::Buf { op, done, sealed });
@@ -187,14 +187,18 @@ fn may_complete_quietly(conn: &Conn) -> bool {
         && ob.chunks.is_empty()
 }
 
+/// The bytes a plain write in flight was given: its buffer from `done` on.
+fn unsent(op: &Op<Vec<u8>>, done: usize) -> usize {
+    op.data().map_or(0, |b| b.len() - done)
+}
+
 /// Whether the write in flight has completed with all of its bytes written (before the
 /// writing task collected it: see [`may_complete_quietly`]).
 pub(super) fn written_whole(conn: &Conn) -> bool {
     match &*conn.flight.borrow() {
-        Some(Flight::Buf { op, done, .. }) => op.peek().is_some_and(|c| {
-            let want = op.data().map_or(0, |b| b.len() - done);
-            c.io().is_ok_and(|n| n as usize == want)
-        }),
+        Some(Flight::Buf { op, done, .. }) => op
+            .peek()
+            .is_some_and(|c| c.io().is_ok_and(|n| n as usize == unsent(op, *done))),
         _ => false,
     }
 }

@@ -113,8 +113,8 @@ impl Driver {
     /// Not DEFER_TASKRUN: the thread sleeps in epoll, where only the ring's eventfd can wake
     /// it, and for deferred work the development machine's kernel (6.18.44) signalled that
     /// eventfd about 14 ms late (a ping-pong echo ran 35 times slower; see the wake test in
-    /// `uring::tests`). With
-    /// COOP_TASKRUN the kernel wakes the sleeping thread itself to post the completion.
+    /// `uring::tests`). With COOP_TASKRUN the kernel wakes the sleeping thread itself to post
+    /// the completion.
     pub(crate) fn new(config: RingConfig) -> io::Result<Driver> {
         let cq = config.entries.saturating_mul(4);
         let attempts: [fn(&mut io_uring::Builder); 3] = [

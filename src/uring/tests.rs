@@ -241,9 +241,9 @@ fn dropping_the_runtime_with_operations_in_flight_does_not_hang() {
 ///
 /// A late wakeup is a bug too, and time is its only symptom: with DEFER_TASKRUN, the kernel
 /// of the development machine (6.18.44) signalled the eventfd for a receive's deferred work
-/// 13.7 ms late in every round, which made a ping-pong echo 35 times slower. The median delay from the
-/// peer's write to the handler must stay under 5 ms (a wakeup takes about 0.1 ms; the median
-/// of 20 rounds is not moved by a few slow ones on a busy machine).
+/// 13.7 ms late in every round, which made a ping-pong echo 35 times slower. The median delay
+/// from the peer's write to the handler must stay under 5 ms (a wakeup takes about 0.1 ms;
+/// the median of 20 rounds is not moved by a few slow ones on a busy machine).
 #[test]
 fn a_thread_that_sleeps_after_busy_turns_is_woken_by_its_completions() {
     let rt = runtime(8, 4096);
